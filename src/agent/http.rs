@@ -1,0 +1,528 @@
+//! What the HTTP agent kinds share: one streamed request per task, retried
+//! before the first token, framed as SSE or NDJSON, and coalesced into
+//! output chunks.
+//!
+//! Each kind ([`super::openai`], [`super::anthropic`], [`super::ollama`])
+//! is a [`Wire`]: how to build its request and how to read one message of
+//! its stream. [`HttpAgent`] does the rest:
+//! - connection errors, 429 and 5xx are retried with exponential backoff
+//!   (honouring `Retry-After`) up to [`MAX_TRIES`] times, and only before the
+//!   response started; after the last try the task fails saying why;
+//! - an error in the middle of a stream fails the task with the server's
+//!   message; a stream that ends before its end marker fails too;
+//! - cancel drops the connection at once.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::agent::coalesce::Output;
+use crate::agent::{Agent, AgentError, AgentInfo, Context, Job};
+use crate::config::{AgentConfig, Secret};
+
+/// Tries of one request before giving up.
+pub const MAX_TRIES: u32 = 4;
+/// First retry delay unless the config says otherwise; doubled each try.
+pub const DEFAULT_RETRY_BASE: Duration = Duration::from_millis(500);
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// A stream silent this long is treated as lost.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest line or event accepted from a stream.
+const MAX_LINE: usize = 1 << 20;
+
+/// How a stream is cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Server-sent events: `event:` and `data:` lines, blank-line separated.
+    Sse,
+    /// One JSON document per line.
+    Ndjson,
+}
+
+/// What one message of a stream means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Text to append.
+    Text(String),
+    /// The response is complete.
+    Done,
+    /// The last text; the response is complete.
+    Final(String),
+    /// The server reported an error.
+    Error(String),
+    /// Nothing for us (pings, metadata).
+    Skip,
+}
+
+/// One HTTP kind's wire format.
+pub trait Wire: Send + Sync + 'static {
+    /// `openai`, `anthropic` or `ollama`.
+    fn kind(&self) -> &'static str;
+    /// How the stream is framed.
+    fn framing(&self) -> Framing;
+    /// The request for one task.
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        key: Option<&Secret>,
+        job: &Job,
+        params: &HttpParams,
+    ) -> reqwest::RequestBuilder;
+    /// Read one message (`event` is the SSE event name, if any).
+    fn parse(&self, event: Option<&str>, data: &str) -> Step;
+}
+
+/// The params an HTTP task accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpParams {
+    /// Handled by the gate; accepted here.
+    pub timeout_ms: Option<u64>,
+    /// Overrides the config's `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f64>,
+    /// A system prompt.
+    pub system: Option<String>,
+}
+
+/// The settings an HTTP agent runs with.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// The server, without a trailing slash.
+    pub base_url: String,
+    /// The model.
+    pub model: String,
+    /// The key, if any.
+    pub key: Option<Secret>,
+    /// Default `max_tokens`.
+    pub max_tokens: Option<u32>,
+    /// First retry delay.
+    pub retry_base: Duration,
+}
+
+impl HttpSettings {
+    /// Settings from the config, reading the key from `key_env` (the
+    /// config's `api_key_env`, else `default_env`) unless `api_key` is set.
+    /// Fails with the reason the agent is unavailable.
+    pub fn from_config(
+        c: &AgentConfig,
+        default_base: Option<&str>,
+        default_model: Option<&str>,
+        default_env: Option<&str>,
+        key_required: bool,
+    ) -> Result<Self, String> {
+        let base_url = c
+            .base_url
+            .as_deref()
+            .or(default_base)
+            .ok_or("no base_url is configured")?
+            .trim_end_matches('/')
+            .to_owned();
+        let model = c
+            .model
+            .as_deref()
+            .or(default_model)
+            .ok_or("no model is configured")?
+            .to_owned();
+        let env = c.api_key_env.as_deref().or(default_env);
+        let key = match (&c.api_key, env) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(Secret::new(v)),
+                _ if key_required || c.api_key_env.is_some() => {
+                    return Err(format!("environment variable {var} is not set"));
+                }
+                _ => None,
+            },
+            (None, None) => None,
+        };
+        Ok(HttpSettings {
+            base_url,
+            model,
+            key,
+            max_tokens: c.max_tokens,
+            retry_base: c
+                .retry_base_ms
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_RETRY_BASE),
+        })
+    }
+}
+
+/// An agent speaking one [`Wire`] format.
+pub struct HttpAgent<W: Wire> {
+    info: AgentInfo,
+    wire: W,
+    settings: HttpSettings,
+    client: reqwest::Client,
+}
+
+impl<W: Wire> HttpAgent<W> {
+    /// An agent named `name` (with the config's description and
+    /// capabilities, when there is a config entry).
+    pub fn new(
+        name: &str,
+        description: &str,
+        capabilities: &[String],
+        wire: W,
+        settings: HttpSettings,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .unwrap_or_default();
+        HttpAgent {
+            info: AgentInfo {
+                agent_type: name.to_owned(),
+                name: name.to_owned(),
+                description: description.to_owned(),
+                available: true,
+                capabilities: capabilities.to_vec(),
+                metadata: json!({
+                    "kind": wire.kind(),
+                    "model": settings.model,
+                    "base_url": settings.base_url,
+                }),
+            },
+            wire,
+            settings,
+            client,
+        }
+    }
+
+    /// Send the request, retrying what is worth retrying.
+    async fn connect(
+        &self,
+        job: &Job,
+        params: &HttpParams,
+        ctx: &Context,
+    ) -> Result<reqwest::Response, AgentError> {
+        let name = &self.info.agent_type;
+        let mut last = String::new();
+        for attempt in 1..=MAX_TRIES {
+            let req = self
+                .wire
+                .request(&self.client, self.settings.key.as_ref(), job, params);
+            let sent = tokio::select! {
+                r = req.send() => r,
+                _ = ctx.cancelled() => return Err(AgentError::Stopped),
+            };
+            let mut wait = self.settings.retry_base * 2u32.pow(attempt - 1);
+            match sent {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status();
+                    if let Some(after) = retry_after(&resp) {
+                        wait = wait.max(after);
+                    }
+                    let why = error_text(resp).await;
+                    last = format!("the server answered {status}: {why}");
+                    if !(status.as_u16() == 429 || status.is_server_error()) {
+                        return Err(AgentError::Failed(format!("{name}: {last}")));
+                    }
+                }
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    last = format!(
+                        "cannot reach {}: {}",
+                        self.settings.base_url,
+                        root_cause(&e)
+                    );
+                }
+                Err(e) => {
+                    return Err(AgentError::Failed(format!(
+                        "{name}: the request failed: {}",
+                        root_cause(&e)
+                    )));
+                }
+            }
+            if attempt < MAX_TRIES {
+                tracing::info!(attempt, ?wait, reason = %last, "retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = ctx.cancelled() => return Err(AgentError::Stopped),
+                }
+            }
+        }
+        Err(AgentError::Failed(format!(
+            "{name}: gave up after {MAX_TRIES} tries; last: {last}"
+        )))
+    }
+}
+
+#[async_trait]
+impl<W: Wire> Agent for HttpAgent<W> {
+    fn info(&self) -> AgentInfo {
+        self.info.clone()
+    }
+
+    fn validate(&self, params: &Value) -> Result<(), String> {
+        serde_json::from_value::<HttpParams>(params.clone())
+            .map(|_| ())
+            .map_err(|e| format!("bad params for a {} agent: {e}", self.wire.kind()))
+    }
+
+    async fn run(&self, job: Job, ctx: Context) -> Result<String, AgentError> {
+        let name = self.info.agent_type.clone();
+        let params: HttpParams = serde_json::from_value(job.params.clone())
+            .map_err(|e| AgentError::Failed(format!("bad params: {e}")))?;
+        let resp = self.connect(&job, &params, &ctx).await?;
+        let mut body = resp.bytes_stream();
+        let mut framer = Framer::new(self.wire.framing());
+        let mut out = Output::new(&ctx);
+        let mut done = false;
+        while !done {
+            tokio::select! {
+                piece = body.next() => match piece {
+                    Some(Ok(bytes)) => {
+                        let messages = framer.push(&bytes).map_err(|e| AgentError::Failed(format!("{name}: {e}")))?;
+                        for (event, data) in messages {
+                            match self.wire.parse(event.as_deref(), &data) {
+                                Step::Text(t) => out.push(&t).await?,
+                                Step::Done => { done = true; break }
+                                Step::Final(t) => { out.push(&t).await?; done = true; break }
+                                Step::Error(e) => {
+                                    let _ = out.flush().await;
+                                    return Err(AgentError::Failed(format!("{name}: the server reported an error mid-stream: {e}")));
+                                }
+                                Step::Skip => {}
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let _ = out.flush().await;
+                        return Err(AgentError::Failed(format!("{name}: the connection failed mid-stream: {}", root_cause(&e))));
+                    }
+                    None => break,
+                },
+                _ = out.due() => out.flush().await?,
+                _ = ctx.cancelled() => return Err(AgentError::Stopped),
+            }
+        }
+        if !done {
+            // A last message without a trailing newline still counts.
+            for (event, data) in framer.finish() {
+                match self.wire.parse(event.as_deref(), &data) {
+                    Step::Text(t) => out.push(&t).await?,
+                    Step::Done => done = true,
+                    Step::Final(t) => {
+                        out.push(&t).await?;
+                        done = true;
+                    }
+                    Step::Error(e) => {
+                        let _ = out.flush().await;
+                        return Err(AgentError::Failed(format!(
+                            "{name}: the server reported an error mid-stream: {e}"
+                        )));
+                    }
+                    Step::Skip => {}
+                }
+            }
+        }
+        if !done {
+            let _ = out.flush().await;
+            return Err(AgentError::Failed(format!(
+                "{name}: the stream ended before the response was complete"
+            )));
+        }
+        Ok(out.finish().await?)
+    }
+}
+
+/// The `Retry-After` of a response, in seconds (HTTP dates are not used
+/// by the APIs we speak to and are ignored).
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    let secs: f64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER))
+}
+
+/// A short reason from an error response body: the API's `error.message`
+/// (OpenAI, Anthropic) or `error` (Ollama) when there is one.
+async fn error_text(resp: reqwest::Response) -> String {
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.text())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    if let Ok(v) = serde_json::from_str::<Value>(&body) {
+        if let Some(m) = error_message(&v) {
+            return m;
+        }
+    }
+    let body = body.trim();
+    if body.is_empty() {
+        "(no body)".into()
+    } else {
+        body.chars().take(300).collect()
+    }
+}
+
+/// `error.message`, `error` as a string, or `message`, of an error document.
+pub fn error_message(v: &Value) -> Option<String> {
+    let e = v.get("error")?;
+    e.get("message")
+        .and_then(Value::as_str)
+        .or_else(|| e.as_str())
+        .map(str::to_owned)
+        .or_else(|| Some(e.to_string()))
+}
+
+/// The innermost cause of an error, which says the most.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    if std::ptr::addr_eq(cur, e) {
+        e.to_string()
+    } else {
+        format!("{e}: {cur}")
+    }
+}
+
+/// Cuts a byte stream into messages.
+pub struct Framer {
+    framing: Framing,
+    buf: Vec<u8>,
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+impl Framer {
+    /// A framer for `framing`.
+    pub fn new(framing: Framing) -> Self {
+        Framer {
+            framing,
+            buf: Vec::new(),
+            event: None,
+            data: Vec::new(),
+        }
+    }
+
+    /// Feed bytes; returns the complete messages as (event name, data).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(Option<String>, String)>, String> {
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            self.line(line, &mut out);
+        }
+        if self.buf.len() > MAX_LINE || self.data.iter().map(String::len).sum::<usize>() > MAX_LINE
+        {
+            return Err("the server sent a line or event larger than 1 MiB".into());
+        }
+        Ok(out)
+    }
+
+    /// The end of the stream: whatever is left, as if a newline followed.
+    pub fn finish(&mut self) -> Vec<(Option<String>, String)> {
+        let mut out = Vec::new();
+        if !self.buf.is_empty() {
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
+            self.line(line.trim_end_matches('\r').to_owned(), &mut out);
+        }
+        if self.framing == Framing::Sse {
+            self.line(String::new(), &mut out);
+        }
+        out
+    }
+
+    fn line(&mut self, line: String, out: &mut Vec<(Option<String>, String)>) {
+        match self.framing {
+            Framing::Ndjson => {
+                if !line.trim().is_empty() {
+                    out.push((None, line));
+                }
+            }
+            Framing::Sse => {
+                if line.is_empty() {
+                    if !self.data.is_empty() {
+                        out.push((self.event.take(), self.data.join("\n")));
+                        self.data.clear();
+                    }
+                    self.event = None;
+                } else if line.starts_with(':') {
+                    // A comment (keep-alive).
+                } else {
+                    let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value);
+                    match field {
+                        "data" => self.data.push(value.to_owned()),
+                        "event" => self.event = Some(value.to_owned()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SSE events are assembled across arbitrary cuts, with CRLF, comments
+    /// and multi-line data.
+    #[test]
+    fn sse_framing() {
+        let text = ": keep-alive\r\nevent: a\r\ndata: {\"x\":1}\r\n\r\ndata: one\ndata: two\n\ndata: [DONE]\n\n";
+        for cut in 0..text.len() {
+            let mut f = Framer::new(Framing::Sse);
+            let mut got = f.push(&text.as_bytes()[..cut]).unwrap();
+            got.extend(f.push(&text.as_bytes()[cut..]).unwrap());
+            got.extend(f.finish());
+            assert_eq!(
+                got,
+                [
+                    (Some("a".to_owned()), "{\"x\":1}".to_owned()),
+                    (None, "one\ntwo".to_owned()),
+                    (None, "[DONE]".to_owned()),
+                ],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    /// NDJSON lines, the last one possibly without a newline.
+    #[test]
+    fn ndjson_framing() {
+        let mut f = Framer::new(Framing::Ndjson);
+        let mut got = f.push(b"{\"a\":1}\n\n{\"b\"").unwrap();
+        got.extend(f.push(b":2}").unwrap());
+        got.extend(f.finish());
+        assert_eq!(
+            got,
+            [
+                (None, "{\"a\":1}".to_owned()),
+                (None, "{\"b\":2}".to_owned())
+            ]
+        );
+    }
+
+    /// Error documents of each API give their message.
+    #[test]
+    fn error_messages() {
+        let openai = json!({"error": {"message": "Rate limit", "type": "x"}});
+        assert_eq!(error_message(&openai).unwrap(), "Rate limit");
+        let ollama = json!({"error": "model not found"});
+        assert_eq!(error_message(&ollama).unwrap(), "model not found");
+        assert_eq!(error_message(&json!({"ok": 1})), None);
+    }
+}

@@ -1,0 +1,488 @@
+//! The two ways the client talks to a node: [`Http`] for one-shot REST calls
+//! and [`Ws`], a WebSocket connection that survives drops.
+//!
+//! [`Ws`] remembers the last `seq` it delivered on every stream. When the
+//! connection drops (or the node restarts, or closes 4409 because this
+//! client fell behind), it reconnects with backoff, says `hello` with its
+//! `session_id` and that `after_seq`, re-subscribes its other streams from
+//! theirs, and carries on: the node replays what was missed, so callers see
+//! every event once, in order. Events that arrive while a caller waits for a
+//! reply are buffered for [`Ws::next_event`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+use crate::cli::CliError;
+use crate::cli::config::Target;
+use crate::protocol::ws::HelloReply;
+
+/// Timeout of one REST request.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest pause between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a dropped connection is retried before giving up.
+const RETRY_FOR: Duration = Duration::from_secs(300);
+/// Close codes after which reconnecting cannot help.
+const CLOSE_UNAUTHORIZED: u16 = 4401;
+
+/// A REST client for one node.
+pub struct Http {
+    target: Target,
+    client: reqwest::Client,
+}
+
+impl Http {
+    /// A client for `target`.
+    pub fn new(target: &Target) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .user_agent(concat!("switchboard-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS-free reqwest client always builds");
+        Http {
+            target: target.clone(),
+            client,
+        }
+    }
+
+    /// The node's base URL.
+    pub fn url(&self) -> &str {
+        &self.target.url
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.target.url);
+        let mut req = self
+            .client
+            .request(method, &url)
+            .bearer_auth(&self.target.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| CliError::unreachable(&self.target.url, &e))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| CliError::unreachable(&self.target.url, &e))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        Err(CliError::from_body(Some(status), &value, &self.target.url))
+    }
+}
+
+/// `http(s)://host/prefix` → `ws(s)://host/prefix/ws`.
+pub fn ws_url(base: &str) -> String {
+    let rest = base
+        .strip_prefix("https://")
+        .map(|r| format!("wss://{r}"))
+        .or_else(|| base.strip_prefix("http://").map(|r| format!("ws://{r}")))
+        .unwrap_or_else(|| base.to_owned());
+    format!("{rest}/ws")
+}
+
+/// One stream event, as the node sent it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The frame, for `--json`.
+    pub raw: Value,
+    /// `session:<id>` or `audit`.
+    pub stream: String,
+    /// Position in its stream.
+    pub seq: i64,
+    /// `task.state`, `task.output`, `audit`, ...
+    pub kind: String,
+    /// The task it concerns, for task events.
+    pub task_id: Option<Uuid>,
+}
+
+impl Event {
+    fn parse(raw: Value) -> Option<Self> {
+        Some(Event {
+            stream: raw["stream"].as_str()?.to_owned(),
+            seq: raw["seq"].as_i64()?,
+            kind: raw["type"].as_str().unwrap_or_default().to_owned(),
+            task_id: raw["task_id"].as_str().and_then(|t| t.parse().ok()),
+            raw,
+        })
+    }
+
+    /// `data.state` of a `task.state` event.
+    pub fn state(&self) -> Option<&str> {
+        (self.kind == "task.state")
+            .then(|| self.raw["data"]["state"].as_str())
+            .flatten()
+    }
+
+    /// `data.chunk` of a `task.output` event.
+    pub fn chunk(&self) -> Option<&str> {
+        (self.kind == "task.output")
+            .then(|| self.raw["data"]["chunk"].as_str())
+            .flatten()
+    }
+
+    /// `data.message`, if any.
+    pub fn message(&self) -> Option<&str> {
+        self.raw["data"]["message"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+    }
+}
+
+/// Whether a task state is final.
+pub fn is_terminal(state: &str) -> bool {
+    matches!(state, "completed" | "failed" | "cancelled")
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Why a connection stopped being usable.
+enum Lost {
+    /// Closed or broken; worth reconnecting.
+    Dropped(String),
+    /// Closed in a way reconnecting cannot fix.
+    Fatal(CliError),
+}
+
+/// A WebSocket session with the node that reconnects and resumes by itself.
+pub struct Ws {
+    target: Target,
+    url: String,
+    socket: Option<Socket>,
+    /// The session `hello` attaches to (learned on the first connect).
+    session_id: Option<Uuid>,
+    /// Streams subscribed beyond the session's own, in subscription order.
+    extra: Vec<String>,
+    /// The last seq delivered per stream.
+    cursors: BTreeMap<String, i64>,
+    /// Events read while waiting for a reply.
+    events: VecDeque<Event>,
+    next_id: u64,
+    hello: Option<HelloReply>,
+    /// Say on stderr when the connection drops and comes back.
+    pub notices: bool,
+}
+
+impl Ws {
+    /// Connect and say hello: attach to `session` (from `after_seq` when
+    /// given), or open a new session. A first connection that fails is an
+    /// error at once; only later drops are retried.
+    pub async fn connect(
+        target: &Target,
+        session: Option<Uuid>,
+        after_seq: Option<i64>,
+    ) -> Result<Self, CliError> {
+        let mut ws = Ws {
+            target: target.clone(),
+            url: ws_url(&target.url),
+            socket: None,
+            session_id: session,
+            extra: Vec::new(),
+            cursors: BTreeMap::new(),
+            events: VecDeque::new(),
+            next_id: 0,
+            hello: None,
+            notices: true,
+        };
+        if let (Some(s), Some(after)) = (session, after_seq) {
+            ws.cursors.insert(format!("session:{s}"), after);
+        }
+        ws.open().await?;
+        Ok(ws)
+    }
+
+    /// The `hello` reply of the current connection.
+    pub fn hello(&self) -> &HelloReply {
+        self.hello.as_ref().expect("connected")
+    }
+
+    /// The session this connection is attached to.
+    pub fn session_id(&self) -> Uuid {
+        self.hello().session_id
+    }
+
+    /// Subscribe to another stream, from `after_seq` (else from now), and
+    /// keep it subscribed across reconnects. Returns the stream's last seq.
+    pub async fn subscribe(
+        &mut self,
+        stream: &str,
+        after_seq: Option<i64>,
+    ) -> Result<i64, CliError> {
+        if let Some(after) = after_seq {
+            self.cursors.insert(stream.to_owned(), after);
+        }
+        let mut op = json!({"op": "subscribe", "stream": stream});
+        if let Some(after) = after_seq {
+            op["after_seq"] = json!(after);
+        }
+        let reply = self.call(op).await?;
+        let last = reply["last_seq"].as_i64().unwrap_or(0);
+        self.cursors.entry(stream.to_owned()).or_insert(last);
+        if !self.extra.iter().any(|s| s == stream) {
+            self.extra.push(stream.to_owned());
+        }
+        Ok(last)
+    }
+
+    /// Send an op and wait for its result. If the connection drops first,
+    /// reconnect and send it again: callers only use this for ops that are
+    /// safe to repeat (submits carry an idempotency key).
+    pub async fn call(&mut self, op: Value) -> Result<Value, CliError> {
+        loop {
+            self.ensure_open().await?;
+            match self.try_call(op.clone()).await {
+                Ok(reply) => return reply_result(reply, &self.target.url),
+                Err(Lost::Fatal(e)) => return Err(e),
+                Err(Lost::Dropped(why)) => self.reconnect(&why).await?,
+            }
+        }
+    }
+
+    /// The next event of any subscribed stream, each exactly once and in
+    /// order, across reconnects. Cancel-safe: a dropped future loses nothing.
+    pub async fn next_event(&mut self) -> Result<Event, CliError> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(e);
+            }
+            self.ensure_open().await?;
+            let socket = self.socket.as_mut().expect("open");
+            match read_frame(socket).await {
+                Ok(frame) => self.route(frame),
+                Err(Lost::Fatal(e)) => return Err(e),
+                Err(Lost::Dropped(why)) => self.reconnect(&why).await?,
+            }
+        }
+    }
+
+    /// Close politely.
+    pub async fn close(mut self) {
+        if let Some(mut s) = self.socket.take() {
+            let _ = s.close(None).await;
+        }
+    }
+
+    async fn ensure_open(&mut self) -> Result<(), CliError> {
+        if self.socket.is_none() {
+            self.reconnect("not connected").await?;
+        }
+        Ok(())
+    }
+
+    async fn try_call(&mut self, mut op: Value) -> Result<Value, Lost> {
+        self.next_id += 1;
+        let id = self.next_id;
+        op["id"] = json!(id);
+        let socket = self.socket.as_mut().expect("open");
+        socket
+            .send(Message::text(op.to_string()))
+            .await
+            .map_err(|e| Lost::Dropped(e.to_string()))?;
+        loop {
+            let socket = self.socket.as_mut().expect("open");
+            let frame = read_frame(socket).await?;
+            if frame["op"] == "reply" && frame["id"] == json!(id) {
+                return Ok(frame);
+            }
+            self.route(frame);
+        }
+    }
+
+    /// Keep an event unless it was already delivered.
+    fn route(&mut self, frame: Value) {
+        if frame["op"] != "event" {
+            return;
+        }
+        let Some(event) = Event::parse(frame) else {
+            return;
+        };
+        let cursor = self.cursors.entry(event.stream.clone()).or_insert(0);
+        if event.seq <= *cursor {
+            return; // a replayed duplicate
+        }
+        if event.seq > *cursor + 1 && *cursor > 0 && self.notices {
+            eprintln!(
+                "switchboard: warning: {} jumped from seq {} to {}",
+                event.stream, cursor, event.seq
+            );
+        }
+        *cursor = event.seq;
+        self.events.push_back(event);
+    }
+
+    /// Connect, hello, and re-subscribe; no retries.
+    async fn open(&mut self) -> Result<(), CliError> {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&self.url)
+            .await
+            .map_err(|e| CliError::unreachable(&self.target.url, &e))?;
+        let mut hello = json!({"op": "hello", "id": 0, "token": self.target.token});
+        if let Some(sid) = self.session_id {
+            hello["session_id"] = json!(sid);
+            if let Some(after) = self.cursors.get(&format!("session:{sid}")) {
+                hello["after_seq"] = json!(after);
+            }
+        }
+        let lost = |l: Lost| match l {
+            Lost::Fatal(e) => e,
+            Lost::Dropped(why) => CliError::Unreachable {
+                url: self.target.url.clone(),
+                reason: why,
+            },
+        };
+        socket
+            .send(Message::text(hello.to_string()))
+            .await
+            .map_err(|e| CliError::unreachable(&self.target.url, &e))?;
+        let reply = loop {
+            let frame = read_frame(&mut socket).await.map_err(lost)?;
+            if frame["op"] == "reply" && frame["id"] == json!(0) {
+                break frame;
+            }
+        };
+        let result = reply_result(reply, &self.target.url)?;
+        let hello: HelloReply = serde_json::from_value(result)
+            .map_err(|e| CliError::Other(format!("unexpected hello reply: {e}")))?;
+        let stream = format!("session:{}", hello.session_id);
+        self.cursors.entry(stream).or_insert(hello.last_seq);
+        self.session_id = Some(hello.session_id);
+        self.hello = Some(hello);
+        self.socket = Some(socket);
+        for stream in self.extra.clone() {
+            let after = self.cursors.get(&stream).copied();
+            let mut op = json!({"op": "subscribe", "stream": stream});
+            if let Some(a) = after {
+                op["after_seq"] = json!(a);
+            }
+            match self.try_call(op).await {
+                Ok(reply) => {
+                    reply_result(reply, &self.target.url)?;
+                }
+                Err(Lost::Fatal(e)) => return Err(e),
+                Err(Lost::Dropped(why)) => {
+                    self.socket = None;
+                    return Err(CliError::Unreachable {
+                        url: self.target.url.clone(),
+                        reason: why,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reconnect with exponential backoff until it works, the error cannot
+    /// be fixed by waiting, or [`RETRY_FOR`] has passed.
+    async fn reconnect(&mut self, why: &str) -> Result<(), CliError> {
+        self.socket = None;
+        if self.notices {
+            eprintln!("switchboard: connection lost ({why}); reconnecting");
+        }
+        let deadline = Instant::now() + RETRY_FOR;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.open().await {
+                Ok(()) => {
+                    if self.notices {
+                        eprintln!("switchboard: reconnected; resuming");
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Read the next JSON text frame.
+async fn read_frame(socket: &mut Socket) -> Result<Value, Lost> {
+    loop {
+        let msg = match socket.next().await {
+            None => return Err(Lost::Dropped("connection closed".into())),
+            Some(Err(e)) => return Err(Lost::Dropped(e.to_string())),
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Text(t) => {
+                if let Ok(v) = serde_json::from_str(t.as_str()) {
+                    return Ok(v);
+                }
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((u16::from(CloseCode::Status), String::new()));
+                if code == CLOSE_UNAUTHORIZED {
+                    return Err(Lost::Fatal(CliError::Server {
+                        status: Some(401),
+                        code: "unauthorized".into(),
+                        message: format!("the node closed the connection: {reason}"),
+                        url: String::new(),
+                    }));
+                }
+                return Err(Lost::Dropped(format!(
+                    "closed by the node: {code} {reason}"
+                )));
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// A reply's `result`, or its error.
+fn reply_result(reply: Value, url: &str) -> Result<Value, CliError> {
+    if reply["ok"] == true {
+        Ok(reply["result"].clone())
+    } else {
+        Err(CliError::from_body(None, &reply, url))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// WebSocket URLs follow the base URL's scheme and prefix.
+    #[test]
+    fn ws_urls() {
+        assert_eq!(ws_url("http://a:1"), "ws://a:1/ws");
+        assert_eq!(ws_url("https://a/x"), "wss://a/x/ws");
+    }
+}

@@ -1,0 +1,203 @@
+//! `/api/me`, `/api/admin/users/*`, `/api/presence`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::Result;
+use crate::http::extract::{Json, OptionalJson, Path};
+use crate::presence::PresenceView;
+use crate::protocol::{
+    CreateUserRequest, CreatedUser, PermissionRequest, RoleRequest, TokenRequest, TokenView,
+    TokensRevoked, UserView,
+};
+
+/// `GET /api/me`.
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "users",
+    responses(
+        (status = 200, description = "The caller", body = crate::protocol::UserView),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn me(State(s): State<AppState>, p: Principal) -> Result<Json<UserView>> {
+    Ok(Json(s.runtime.me(&p).await?))
+}
+
+/// `POST /api/admin/users`.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users",
+    tag = "users",
+    request_body = crate::protocol::CreateUserRequest,
+    responses(
+        (status = 201, description = "Created, with a first token", body = crate::protocol::CreatedUser),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 409, description = "Conflict", body = crate::error::ErrorResponse),
+        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn create_user(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(req): Json<CreateUserRequest>,
+) -> Result<(StatusCode, Json<CreatedUser>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.runtime.create_user(&p, req).await?),
+    ))
+}
+
+/// `GET /api/admin/users`.
+#[utoipa::path(
+    get,
+    path = "/api/admin/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "Every user", body = Vec<crate::protocol::UserView>),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn list_users(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<UserView>>> {
+    Ok(Json(s.runtime.list_users(&p).await?))
+}
+
+/// `POST /api/admin/users/{user_id}/roles`.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{user_id}/roles",
+    tag = "users",
+    params(("user_id" = String, Path)), request_body = crate::protocol::RoleRequest,
+    responses(
+        (status = 200, description = "The user", body = crate::protocol::UserView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
+        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn assign_role(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(user_id): Path<String>,
+    Json(req): Json<RoleRequest>,
+) -> Result<Json<UserView>> {
+    Ok(Json(s.runtime.assign_role(&p, &user_id, &req.role).await?))
+}
+
+/// `DELETE /api/admin/users/{user_id}/roles/{role}`.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/users/{user_id}/roles/{role}",
+    tag = "users",
+    params(("user_id" = String, Path), ("role" = String, Path)),
+    responses(
+        (status = 200, description = "The user", body = crate::protocol::UserView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn revoke_role(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((user_id, role)): Path<(String, String)>,
+) -> Result<Json<UserView>> {
+    Ok(Json(s.runtime.revoke_role(&p, &user_id, &role).await?))
+}
+
+/// `POST /api/admin/users/{user_id}/permissions`.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{user_id}/permissions",
+    tag = "users",
+    params(("user_id" = String, Path)), request_body = crate::protocol::PermissionRequest,
+    responses(
+        (status = 200, description = "The user", body = crate::protocol::UserView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
+        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn adjust_permission(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(user_id): Path<String>,
+    Json(req): Json<PermissionRequest>,
+) -> Result<Json<UserView>> {
+    Ok(Json(s.runtime.adjust_permission(&p, &user_id, req).await?))
+}
+
+/// `POST /api/admin/users/{user_id}/tokens`.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{user_id}/tokens",
+    tag = "users",
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 201, description = "A new token, shown once", body = crate::protocol::TokenView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn issue_token(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(user_id): Path<String>,
+    OptionalJson(req): OptionalJson<TokenRequest>,
+) -> Result<(StatusCode, Json<TokenView>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(s.runtime.issue_token(&p, &user_id, req).await?),
+    ))
+}
+
+/// `DELETE /api/admin/users/{user_id}/tokens`.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/users/{user_id}/tokens",
+    tag = "users",
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 200, description = "How many were revoked", body = crate::protocol::TokensRevoked),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn revoke_tokens(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(user_id): Path<String>,
+) -> Result<Json<TokensRevoked>> {
+    Ok(Json(s.runtime.revoke_tokens(&p, &user_id).await?))
+}
+
+/// `GET /api/presence`: who is connected (one's own connections; everyone's
+/// with `admin:system`).
+#[utoipa::path(
+    get,
+    path = "/api/presence",
+    tag = "users",
+    responses(
+        (status = 200, description = "Open connections", body = Vec<crate::presence::PresenceView>),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn presence(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<PresenceView>>> {
+    Ok(Json(s.runtime.presence_list(&p).await?))
+}

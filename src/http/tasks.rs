@@ -1,0 +1,188 @@
+//! `/api/runtime/tasks/*`, `/api/runtime/agents`, `/api/runtime/skills`.
+
+use axum::extract::State;
+use uuid::Uuid;
+
+use crate::agent::AgentInfo;
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::Result;
+use crate::http::extract::{Json, Path, Query};
+use crate::protocol::{
+    CancelReply, RespondRequest, SkillView, SubmitRequest, TaskDetail, TaskListQuery, TaskView,
+};
+use crate::runtime::TaskQuery;
+
+/// `POST /api/runtime/tasks/submit`.
+#[utoipa::path(
+    post,
+    path = "/api/runtime/tasks/submit",
+    tag = "tasks",
+    request_body = crate::protocol::SubmitRequest,
+    responses(
+        (status = 200, description = "The new task (or the first one with this idempotency key)", body = crate::protocol::TaskView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
+        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse),
+        (status = 429, description = "Rate limited", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn submit(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(req): Json<SubmitRequest>,
+) -> Result<Json<TaskView>> {
+    Ok(Json(s.runtime.submit(&p, req).await?))
+}
+
+/// `GET /api/runtime/tasks`.
+#[utoipa::path(
+    get,
+    path = "/api/runtime/tasks",
+    tag = "tasks",
+    params(crate::protocol::TaskListQuery),
+    responses(
+        (status = 200, description = "Tasks, newest first", body = Vec<crate::protocol::TaskView>),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn list(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<TaskListQuery>,
+) -> Result<Json<Vec<TaskView>>> {
+    let query = TaskQuery {
+        session_id: q.session_id,
+        state: q.state,
+        agent_type: q.agent_type,
+        limit: q.limit,
+        after: q.after,
+    };
+    Ok(Json(s.runtime.list_tasks(&p, query).await?))
+}
+
+/// `GET /api/runtime/tasks/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/runtime/tasks/{task_id}",
+    tag = "tasks",
+    params(("task_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The task and its events", body = crate::protocol::TaskDetail),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn detail(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<TaskDetail>> {
+    Ok(Json(s.runtime.task_detail(&p, id).await?))
+}
+
+/// `GET /api/runtime/tasks/{id}/state`.
+#[utoipa::path(
+    get,
+    path = "/api/runtime/tasks/{task_id}/state",
+    tag = "tasks",
+    params(("task_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "The task state", body = crate::protocol::TaskView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn state(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<TaskView>> {
+    Ok(Json(s.runtime.task_state(&p, id).await?))
+}
+
+/// `POST /api/runtime/tasks/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/api/runtime/tasks/{task_id}/cancel",
+    tag = "tasks",
+    params(("task_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, description = "Cancelled", body = crate::protocol::CancelReply),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
+        (status = 409, description = "Conflict", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn cancel(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<CancelReply>> {
+    Ok(Json(s.runtime.cancel(&p, id).await?))
+}
+
+/// `POST /api/runtime/tasks/{id}/respond`.
+#[utoipa::path(
+    post,
+    path = "/api/runtime/tasks/{task_id}/respond",
+    tag = "tasks",
+    params(("task_id" = uuid::Uuid, Path)), request_body = crate::protocol::RespondRequest,
+    responses(
+        (status = 200, description = "The task state", body = crate::protocol::TaskView),
+        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
+        (status = 409, description = "Conflict", body = crate::error::ErrorResponse),
+        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn respond(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+    Json(req): Json<RespondRequest>,
+) -> Result<Json<TaskView>> {
+    Ok(Json(s.runtime.respond(&p, id, req).await?))
+}
+
+/// `GET /api/runtime/agents`.
+#[utoipa::path(
+    get,
+    path = "/api/runtime/agents",
+    tag = "agents",
+    responses(
+        (status = 200, description = "Agents", body = Vec<crate::agent::AgentInfo>),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn agents(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<AgentInfo>>> {
+    Ok(Json(s.runtime.agents(&p).await?))
+}
+
+/// `GET /api/runtime/skills`.
+#[utoipa::path(
+    get,
+    path = "/api/runtime/skills",
+    tag = "agents",
+    responses(
+        (status = 200, description = "Skills", body = Vec<crate::protocol::SkillView>),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn skills(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<SkillView>>> {
+    Ok(Json(s.runtime.skills(&p).await?))
+}

@@ -1,0 +1,242 @@
+//! The `switchboard` binary: a thin command line over the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::config::{Config, FileConfig, default_node_id};
+
+/// A WebSocket-first real-time server for AI agent work.
+#[derive(Parser)]
+#[command(name = "switchboard", version, about)]
+struct Cli {
+    #[command(flatten)]
+    client: switchboard::cli::Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Work with the audit log of a database, offline.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Client commands: talk to a node (see protocol/cli.md).
+    #[command(flatten)]
+    Client(switchboard::cli::Command),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// `sqlite://PATH` or `postgres://...` (also read from DATABASE_URL).
+    #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
+    database: Option<String>,
+    /// TOML file with agents, skills and limits.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (default: host name + random suffix).
+    #[arg(long, env = "SWITCHBOARD_NODE_ID")]
+    node_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints, offline; exits 1
+    /// naming the first bad record.
+    Verify(VerifyArgs),
+    /// Print the audit log as JSON Lines, oldest first.
+    Export {
+        /// The database to read.
+        #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
+        database: String,
+        /// Only records after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The database to check.
+    #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
+    database: String,
+    /// A checkpoint file (JSON Lines) kept outside the database. Default:
+    /// the one next to a SQLite file, when present.
+    #[arg(long)]
+    checkpoints: Option<PathBuf>,
+    /// The node's audit key file (its public half is used). Default:
+    /// SWITCHBOARD_AUDIT_KEY, else the key file next to a SQLite file.
+    #[arg(long, conflicts_with = "public_key")]
+    key_file: Option<PathBuf>,
+    /// The node's public audit key, as hex.
+    #[arg(long)]
+    public_key: Option<String>,
+}
+
+fn database_url(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("DATABASE_URL").ok())
+        .unwrap_or_else(|| "sqlite://switchboard.db".into())
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // Colour only for people: log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if std::env::var("SWITCHBOARD_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let config = Config {
+        database_url: database_url(args.database),
+        node_id: args.node_id.unwrap_or_else(default_node_id),
+        admin_token: std::env::var("SWITCHBOARD_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        file,
+        checkpoints: None,
+    };
+    let listener = switchboard::bind(args.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    switchboard::serve(listener, config, shutdown_signal()).await
+}
+
+async fn open_existing(
+    database: &str,
+) -> anyhow::Result<std::sync::Arc<dyn switchboard::store::Store>> {
+    if let Some(path) = switchboard::store::sqlite_path(database) {
+        anyhow::ensure!(std::path::Path::new(path).exists(), "no database at {path}");
+    }
+    let bus = std::sync::Arc::new(switchboard::bus::Bus::new());
+    switchboard::store::open(database, bus).await
+}
+
+async fn audit_verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    use switchboard::audit::checkpoint::{
+        CheckpointKey, public_key_from_hex, read_file, verify_with_checkpoints,
+    };
+    use switchboard::config::suffixed;
+    let store = open_existing(&args.database).await?;
+    let beside = switchboard::store::sqlite_path(&args.database).map(PathBuf::from);
+    let key = if let Some(hex) = &args.public_key {
+        Some(public_key_from_hex(hex)?)
+    } else if let Some(file) = &args.key_file {
+        Some(CheckpointKey::from_hex(&std::fs::read_to_string(file)?)?.public())
+    } else if let Some(hex) = std::env::var("SWITCHBOARD_AUDIT_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+    {
+        Some(CheckpointKey::from_hex(&hex)?.public())
+    } else {
+        match beside
+            .as_ref()
+            .map(|p| suffixed(p, ".audit-key"))
+            .filter(|p| p.exists())
+        {
+            Some(file) => Some(CheckpointKey::from_hex(&std::fs::read_to_string(file)?)?.public()),
+            None => None,
+        }
+    };
+    let file = args.checkpoints.clone().or_else(|| {
+        beside
+            .as_ref()
+            .map(|p| suffixed(p, ".checkpoints.jsonl"))
+            .filter(|p| p.exists())
+    });
+    let extra = match &file {
+        Some(f) => read_file(f)?,
+        None => Vec::new(),
+    };
+    if key.is_none() {
+        eprintln!(
+            "warning: no audit key given; only the hash chain is checked, not the signed checkpoints"
+        );
+    }
+    let v = verify_with_checkpoints(store.as_ref(), key.as_ref(), &extra).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    if !v.ok {
+        let at = v
+            .first_bad_event_id
+            .map(|id| format!(" at event {id}"))
+            .unwrap_or_default();
+        eprintln!(
+            "audit log does not verify{at}: {}",
+            v.reason.as_deref().unwrap_or("mismatch")
+        );
+    }
+    Ok(v.ok)
+}
+
+async fn audit_export(database: String, after: i64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let store = open_existing(&database).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after = after;
+    loop {
+        let page = store.audit_after(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for r in &page {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Command::Client(command) => return switchboard::cli::main(cli.client, command).await,
+        other => other,
+    };
+    init_tracing();
+    let result = match command {
+        Command::Serve(args) => serve(args).await.map(|_| true),
+        Command::Audit {
+            command: AuditCommand::Verify(args),
+        } => audit_verify(args).await,
+        Command::Audit {
+            command: AuditCommand::Export { database, after },
+        } => audit_export(database, after).await.map(|_| true),
+        Command::Client(_) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("switchboard: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

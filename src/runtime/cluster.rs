@@ -1,0 +1,171 @@
+//! The cluster side of a node, when the store is shared (PostgreSQL): one
+//! background loop that heartbeats this node's agents, claims pending work
+//! for them, renews the leases of the tasks it runs, fails tasks whose node
+//! stopped renewing, and applies control signals (stop, answer) sent by
+//! other nodes.
+//!
+//! A node that dies stops renewing; within one lease plus one tick another
+//! node fails its tasks with a reason naming it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{AgentInfo, Answer};
+use crate::runtime::Runtime;
+use crate::store::{Cluster, Signal};
+
+impl Runtime {
+    /// The lease of a running task (`[limits] lease_ms`).
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.limits.lease_ms.max(100))
+    }
+
+    /// How often leases are renewed and expiries looked for.
+    fn tick(&self) -> Duration {
+        self.lease() / 3
+    }
+
+    /// Every live node's agents, each with `metadata.node_id` and
+    /// `metadata.health`.
+    pub(crate) async fn cluster_agents(
+        &self,
+        cluster: &dyn Cluster,
+    ) -> crate::error::Result<Vec<AgentInfo>> {
+        let live = cluster.live_agents(self.lease()).await?;
+        Ok(live
+            .into_iter()
+            .map(|na| {
+                let mut info = na.info;
+                if !info.metadata.is_object() {
+                    info.metadata = json!({});
+                }
+                info.metadata["node_id"] = json!(na.node_id);
+                info.metadata["health"] = json!("ok");
+                info.metadata["heartbeat_at"] = json!(crate::event::rfc3339(&na.heartbeat_at));
+                info
+            })
+            .collect())
+    }
+
+    /// Agents of this node that can run, by name.
+    fn runnable_here(&self) -> Vec<String> {
+        self.engine
+            .agents()
+            .list()
+            .into_iter()
+            .filter(|a| a.available)
+            .map(|a| a.agent_type)
+            .collect()
+    }
+
+    /// Claim what this node can run now and start it.
+    async fn claim_work(&self, cluster: &dyn Cluster, only: Option<&str>) {
+        for agent in self.runnable_here() {
+            if only.is_some_and(|o| o != agent) {
+                continue;
+            }
+            let free = self.engine.agents().get(&agent).map_or(0, |r| {
+                let (running, queued) = r.slots.load();
+                r.slots.max().saturating_sub(running + queued)
+            }) as i64;
+            match cluster
+                .claim_pending(
+                    &self.node_id,
+                    std::slice::from_ref(&agent),
+                    self.lease(),
+                    free.min(64),
+                )
+                .await
+            {
+                Ok(tasks) => {
+                    for task in tasks {
+                        tracing::info!(task_id = %task.task_id, agent = %agent, "claimed a pending task");
+                        self.engine.start(task);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "claiming pending tasks failed"),
+            }
+        }
+    }
+
+    /// One periodic round: heartbeat, renew, reap, claim.
+    async fn cluster_tick(&self, cluster: &dyn Cluster) {
+        // Renew first: it is what keeps this node's tasks alive.
+        if let Err(e) = cluster
+            .renew(&self.node_id, &self.engine.live_ids(), self.lease())
+            .await
+        {
+            tracing::warn!(error = %e, "renewing leases failed");
+        }
+        let agents = self.engine.agents().list();
+        if let Err(e) = cluster.heartbeat(&self.node_id, &agents).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+            return;
+        }
+        match cluster.expired().await {
+            Ok(expired) => {
+                for (task, node) in expired {
+                    let reason = format!(
+                        "node {node} stopped renewing its lease while the task was {}",
+                        task.state
+                    );
+                    tracing::warn!(task_id = %task.task_id, %node, "lease expired; failing the task");
+                    if let Err(e) = self.engine.fail(&(&task).into(), task.state, &reason).await {
+                        tracing::warn!(error = %e, "could not fail a task with an expired lease");
+                    }
+                    self.engine.stop(task.task_id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for expired leases failed"),
+        }
+        self.claim_work(cluster, None).await;
+    }
+
+    /// Apply a signal from any node.
+    async fn on_signal(&self, cluster: &dyn Cluster, signal: Signal) {
+        match signal {
+            Signal::Pending { agent_type } => self.claim_work(cluster, Some(&agent_type)).await,
+            Signal::Stop { task_id } => self.engine.stop(task_id),
+            Signal::Answer {
+                task_id,
+                approve,
+                input,
+            } => {
+                self.engine.answer(task_id, Answer { approve, input });
+            }
+            Signal::Reconnected => self.claim_work(cluster, None).await,
+        }
+    }
+}
+
+/// Run the cluster loop of `runtime` until `stop` fires, then leave the
+/// cluster. Returns at once when the store is not shared.
+pub async fn run(runtime: Arc<Runtime>, stop: CancellationToken) {
+    let store = runtime.store().clone();
+    let Some(cluster) = store.cluster() else {
+        return;
+    };
+    let listener = cluster.spawn_listener(runtime.node_id(), stop.clone());
+    let mut signals = cluster.signals();
+    let mut ticks = tokio::time::interval(runtime.tick());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => runtime.cluster_tick(cluster).await,
+            signal = signals.recv() => match signal {
+                Ok(s) => runtime.on_signal(cluster, s).await,
+                Err(RecvError::Lagged(_)) => runtime.claim_work(cluster, None).await,
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    let _ = listener.await;
+    if let Err(e) = cluster.leave(runtime.node_id()).await {
+        tracing::warn!(error = %e, "could not leave the cluster");
+    }
+}

@@ -1,0 +1,401 @@
+//! The runtime: every operation of the node, behind every transport.
+//!
+//! Each method takes an authenticated [`Principal`], checks the permission
+//! through [`Runtime::authorize`] (the one place where that happens), reads
+//! or writes the store (with the audit record in the same transaction) and
+//! lets the store publish. REST handlers, the WebSocket dispatcher and SSE
+//! only decode, call one method here, and encode.
+
+mod admin;
+pub mod audit;
+pub mod cluster;
+pub mod devices;
+mod projects;
+mod sessions;
+mod tasks;
+
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::agent::AgentRegistry;
+use crate::audit::{AuditStatus, NewAudit, kind};
+use crate::auth::{Principal, User, hash_token, new_token};
+use crate::bus::Bus;
+use crate::config::{Config, Limits};
+use crate::error::{Error, Result};
+use crate::event::now;
+use crate::presence::Presence;
+use crate::protocol::SkillView;
+use crate::protocol::UserView;
+use crate::rbac::{Action, Role};
+use crate::session::{Session, SessionState};
+use crate::store::{EventWriter, Store};
+use crate::task::engine::Engine;
+use crate::task::{Task, TaskEvent, TaskState};
+
+pub use tasks::TaskQuery;
+
+/// The operations layer. Cheap to share behind an `Arc`.
+pub struct Runtime {
+    /// Where everything is kept.
+    store: Arc<dyn Store>,
+    /// Live fan-out on this node.
+    bus: Arc<Bus>,
+    /// Runs tasks.
+    engine: Arc<Engine>,
+    /// Who is connected.
+    presence: Presence,
+    /// Limits in force.
+    limits: Limits,
+    /// This node.
+    node_id: String,
+    /// The audit checkpoint key and file, for verification.
+    checkpoints: Option<crate::audit::checkpoint::CheckpointConfig>,
+    /// Device trust and abuse limits.
+    security: crate::config::SecurityConfig,
+    /// Rate limiters.
+    throttle: crate::throttle::Throttle,
+}
+
+impl Runtime {
+    /// Build the runtime over an opened store. `shutdown` stops the engine's
+    /// drivers; the writer runs until `writer_stop` fires.
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        bus: Arc<Bus>,
+        writer: EventWriter,
+        agents: AgentRegistry,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Runtime {
+            engine: Engine::new(writer, Arc::new(agents), shutdown),
+            store,
+            bus,
+            presence: Presence::new(),
+            limits: config.limits().clone(),
+            node_id: config.node_id.clone(),
+            checkpoints: config.checkpoints.clone(),
+            security: config.file.security.clone(),
+            throttle: crate::throttle::Throttle::new(&config.file.security),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Arc<Bus> {
+        &self.bus
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Who is connected.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Device trust and abuse limits.
+    pub fn security(&self) -> &crate::config::SecurityConfig {
+        &self.security
+    }
+
+    /// Rate limiters.
+    pub fn throttle(&self) -> &crate::throttle::Throttle {
+        &self.throttle
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Resolve a bearer token. A bad one is audited as `auth.failed` with
+    /// the peer address.
+    pub async fn authenticate(
+        &self,
+        token: Option<&str>,
+        peer: Option<String>,
+    ) -> Result<Principal> {
+        let ip = peer
+            .as_deref()
+            .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip());
+        if let Err(retry_after) = self.throttle.auth_allowed(ip) {
+            metrics::counter!("switchboard_rate_limited_total", "what" => "auth").increment(1);
+            return Err(Error::RateLimited {
+                message: "too many failed authentications from this address; try again later"
+                    .into(),
+                retry_after,
+            });
+        }
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Err(Error::Unauthorized("a bearer token is required".into()));
+        };
+        match self.store.user_by_token(&hash_token(token), now()).await? {
+            Some(user) => {
+                let mut p = Principal::of(&user);
+                p.peer = peer;
+                Ok(p)
+            }
+            None => {
+                self.throttle.auth_failed(ip);
+                metrics::counter!("switchboard_auth_failures_total").increment(1);
+                let record = NewAudit::by(None, kind::AUTH_FAILED, "authenticate")
+                    .status(AuditStatus::Failure)
+                    .detail("peer", peer.as_deref().unwrap_or("unknown"))
+                    .detail("reason", "unknown, expired or revoked token");
+                if let Err(e) = self.store.audit(vec![record]).await {
+                    tracing::warn!(error = %e, "could not audit a failed authentication");
+                }
+                Err(Error::Unauthorized(
+                    "the token is unknown, expired or revoked".into(),
+                ))
+            }
+        }
+    }
+
+    /// The one permission check. A denial is audited as `permission.denied`.
+    pub async fn authorize(&self, p: &Principal, action: Action) -> Result<()> {
+        match action.missing(&p.permissions) {
+            None => Ok(()),
+            Some(missing) => Err(self
+                .deny(p, action, &format!("missing permission {missing}"))
+                .await),
+        }
+    }
+
+    /// Record a denial and return the `forbidden` error for it.
+    async fn deny(&self, p: &Principal, action: Action, why: &str) -> Error {
+        metrics::counter!("switchboard_denied_total", "action" => action.as_str()).increment(1);
+        let record = NewAudit::by(Some(p), kind::PERMISSION_DENIED, action.as_str())
+            .status(AuditStatus::Denied)
+            .detail("reason", why);
+        if let Err(e) = self.store.audit(vec![record]).await {
+            tracing::warn!(error = %e, "could not audit a denial");
+        }
+        Error::Forbidden(format!("{} is not allowed: {why}", action.as_str()))
+    }
+
+    /// `GET /api/me`.
+    pub async fn me(&self, p: &Principal) -> Result<UserView> {
+        self.authorize(p, Action::WhoAmI).await?;
+        Ok(UserView {
+            user_id: p.user_id.clone(),
+            roles: p.roles.clone(),
+            permissions: p.permissions.clone(),
+            grants: Default::default(),
+            revokes: Default::default(),
+        })
+    }
+
+    /// Agents this node can run.
+    pub async fn agents(&self, p: &Principal) -> Result<Vec<crate::agent::AgentInfo>> {
+        self.authorize(p, Action::AgentList).await?;
+        match self.store.cluster() {
+            Some(cluster) => self.cluster_agents(cluster).await,
+            None => Ok(self.engine.agents().list()),
+        }
+    }
+
+    /// Skills from the config, each with the agents that provide it and,
+    /// in `metadata.available_agents`, those that can run now.
+    pub async fn skills(&self, p: &Principal) -> Result<Vec<SkillView>> {
+        self.authorize(p, Action::SkillList).await?;
+        let agents = self.engine.agents();
+        Ok(agents
+            .skills()
+            .iter()
+            .map(|s| SkillView {
+                skill_id: s.skill_id.clone(),
+                name: s.name.clone(),
+                description: s.description.clone(),
+                required_permissions: s
+                    .required_permissions
+                    .iter()
+                    .map(|p| p.as_str().to_owned())
+                    .collect(),
+                agents: s.agents.clone(),
+                metadata: json!({ "available_agents": agents.available_providers(s) }),
+            })
+            .collect())
+    }
+
+    /// First start on an empty database: create `admin`. Returns the token
+    /// when it was generated (so the caller can show it once).
+    pub async fn bootstrap(&self, admin_token: Option<&str>) -> anyhow::Result<Option<String>> {
+        if self.store.user_count().await? > 0 {
+            return Ok(None);
+        }
+        let (token, generated) = match admin_token {
+            Some(t) => (t.to_owned(), false),
+            None => (new_token().0, true),
+        };
+        let user = User::new("admin", [Role::Admin].into(), now());
+        let audit = vec![
+            NewAudit::by(None, kind::USER_CREATED, "bootstrap")
+                .for_user("admin")
+                .resource("user", "admin")
+                .detail("roles", ["admin"]),
+            NewAudit::by(None, kind::TOKEN_ISSUED, "bootstrap")
+                .for_user("admin")
+                .resource("user", "admin"),
+        ];
+        match self
+            .store
+            .create_user(&user, &hash_token(&token), audit)
+            .await
+        {
+            Ok(()) => Ok(generated.then_some(token)),
+            // Another node sharing this empty database bootstrapped it at
+            // the same moment: its admin stands.
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After a restart: tasks that were in flight when the node died are
+    /// failed with a clear reason (they are not resumed: an agent's side
+    /// effects cannot be assumed repeatable).
+    ///
+    /// With a shared store only this node's own tasks are failed, and those
+    /// whose node stopped renewing its lease; other nodes' tasks run on, and
+    /// pending tasks wait to be claimed.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let stale: Vec<(Task, String)> = match self.store.cluster() {
+            None => self
+                .store
+                .unfinished_tasks()
+                .await?
+                .into_iter()
+                .map(|t| {
+                    let reason = format!(
+                        "the node restarted while this task was {}; it was not resumed",
+                        t.state
+                    );
+                    (t, reason)
+                })
+                .collect(),
+            Some(cluster) => {
+                let mut stale: Vec<(Task, String)> = cluster
+                    .owned_by(&self.node_id)
+                    .await?
+                    .into_iter()
+                    .map(|t| {
+                        let reason = format!(
+                            "node {} restarted while this task was {}; it was not resumed",
+                            self.node_id, t.state
+                        );
+                        (t, reason)
+                    })
+                    .collect();
+                for (t, node) in cluster.expired().await? {
+                    if node != self.node_id {
+                        let reason = format!(
+                            "node {node} stopped renewing its lease while the task was {}",
+                            t.state
+                        );
+                        stale.push((t, reason));
+                    }
+                }
+                stale
+            }
+        };
+        for (task, reason) in &stale {
+            self.engine.fail(&task.into(), task.state, reason).await?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Tell every node to stop a task's agent (it runs on one of them).
+    async fn stop_everywhere(&self, task_id: Uuid) {
+        self.engine.stop(task_id);
+        if let Some(cluster) = self.store.cluster() {
+            if let Err(e) = cluster
+                .signal(&crate::store::Signal::Stop { task_id })
+                .await
+            {
+                tracing::warn!(error = %e, %task_id, "could not signal the task's node to stop it");
+            }
+        }
+    }
+
+    /// A session the principal may see, or `not_found`.
+    async fn visible_session(&self, p: &Principal, id: Uuid) -> Result<Session> {
+        match self.store.get_session(id).await? {
+            Some(s) if p.can_see(&s.user_id) => Ok(s),
+            _ => Err(Error::not_found(format!("session {id}"))),
+        }
+    }
+
+    /// A task the principal may see, or `not_found`.
+    async fn visible_task(&self, p: &Principal, id: Uuid) -> Result<Task> {
+        match self.store.get_task(id).await? {
+            Some(t) if p.can_see(&t.user_id) => Ok(t),
+            _ => Err(Error::not_found(format!("task {id}"))),
+        }
+    }
+
+    /// Cancel `task` as `p` (already authorized), following concurrent
+    /// changes. `invalid_transition` once it is terminal.
+    async fn cancel_task(&self, p: &Principal, task: &Task, reason: &str) -> Result<()> {
+        let tref = task.into();
+        let mut from = task.state;
+        for _ in 0..4 {
+            if from.is_terminal() {
+                return Err(Error::InvalidTransition(format!(
+                    "task {} is already {from} and cannot be cancelled",
+                    task.task_id
+                )));
+            }
+            let audit = vec![
+                NewAudit::by(Some(p), kind::TASK_CANCELLED, "cancel")
+                    .resource("task", task.task_id)
+                    .session(task.session_id)
+                    .detail("owner", &task.user_id),
+            ];
+            let outcome = crate::task::engine::Outcome::error(reason);
+            match self
+                .engine
+                .transition(&tref, from, TaskEvent::Cancel, reason, outcome, audit)
+                .await?
+            {
+                Ok(_) => {
+                    self.stop_everywhere(task.task_id).await;
+                    return Ok(());
+                }
+                Err(crate::store::Rejected::StateIs(now)) => from = now,
+                Err(_) => return Err(Error::not_found(format!("task {}", task.task_id))),
+            }
+        }
+        Err(Error::Conflict(
+            "the task kept changing state; try again".into(),
+        ))
+    }
+}
+
+/// Whether a session can take new tasks.
+fn is_active(s: &Session) -> bool {
+    s.state == SessionState::Active
+}
+
+/// Parse a `state` filter.
+fn parse_state(s: Option<&str>) -> Result<Option<TaskState>> {
+    s.filter(|s| !s.is_empty())
+        .map(|s| s.parse::<TaskState>().map_err(Error::BadRequest))
+        .transpose()
+}

@@ -1,0 +1,425 @@
+//! The engine: drives each task through the state machine by running its
+//! agent, and records every transition and output chunk as a stored event.
+//!
+//! Transitions are compare-and-set in the store (see
+//! [`crate::store::TaskChange::Transition`]), so the engine, a user cancelling
+//! and a user approving can race without ever applying a transition the
+//! state machine forbids: the loser is told the task's current state.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures_util::FutureExt;
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::agent::{AgentError, AgentRegistry, Answer, Context, Job, Stopped, TaskIo};
+use crate::audit::{NewAudit, kind};
+use crate::error::{Error, Result};
+use crate::event::{EventBody, OutputChunk, StateChange, StoredEvent, now};
+use crate::store::{Append, EventWriter, Rejected, TaskChange, Transition};
+use crate::task::{Task, TaskEvent, TaskState};
+
+/// What the engine knows of a task it is running.
+struct Live {
+    /// Fired to stop the agent.
+    cancel: CancellationToken,
+    /// Where an answer to a waiting task goes. A std mutex is right here: it
+    /// is only held to swap the sender, never across an await.
+    answer: Mutex<Option<oneshot::Sender<Answer>>>,
+}
+
+/// The identity of a task, enough to write its events.
+#[derive(Debug, Clone)]
+pub struct TaskRef {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its stream.
+    pub session_id: Uuid,
+    /// Its owner.
+    pub user_id: String,
+    /// When it was submitted, for `execution_time`.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&Task> for TaskRef {
+    fn from(t: &Task) -> Self {
+        TaskRef {
+            task_id: t.task_id,
+            session_id: t.session_id,
+            user_id: t.user_id.clone(),
+            created_at: t.created_at,
+        }
+    }
+}
+
+/// Runs tasks on this node.
+pub struct Engine {
+    writer: EventWriter,
+    agents: Arc<AgentRegistry>,
+    live: DashMap<Uuid, Arc<Live>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// An engine writing through `writer`. Drivers stop when `shutdown` fires.
+    pub fn new(
+        writer: EventWriter,
+        agents: Arc<AgentRegistry>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Engine {
+            writer,
+            agents,
+            live: DashMap::new(),
+            tracker: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    /// The event writer (for submits, which write the first event).
+    pub fn writer(&self) -> &EventWriter {
+        &self.writer
+    }
+
+    /// The agents.
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.agents
+    }
+
+    /// How many tasks run (or queue) on this node now.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The tasks this node is driving now (for lease renewal).
+    pub fn live_ids(&self) -> Vec<Uuid> {
+        self.live.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Start driving a stored `pending` task.
+    pub fn start(self: &Arc<Self>, task: Task) {
+        let live = Arc::new(Live {
+            cancel: self.shutdown.child_token(),
+            answer: Mutex::new(None),
+        });
+        if self.live.contains_key(&task.task_id) {
+            return;
+        }
+        self.live.insert(task.task_id, live.clone());
+        let engine = self.clone();
+        self.tracker.spawn(async move {
+            let id = task.task_id;
+            let span = tracing::info_span!("task", task_id = %id, agent = %task.agent_type);
+            let _ = tracing::Instrument::instrument(engine.clone().drive(task, live), span).await;
+            engine.live.remove(&id);
+        });
+    }
+
+    /// Stop the agent of a task (after its terminal state was recorded).
+    pub fn stop(&self, task_id: Uuid) {
+        if let Some(live) = self.live.get(&task_id) {
+            live.cancel.cancel();
+        }
+    }
+
+    /// Hand an answer to a task waiting on this node. Returns false when no
+    /// agent here is waiting for it.
+    pub fn answer(&self, task_id: Uuid, answer: Answer) -> bool {
+        let Some(live) = self.live.get(&task_id).map(|l| l.clone()) else {
+            return false;
+        };
+        let sender = live.answer.lock().map(|mut a| a.take()).unwrap_or(None);
+        sender.is_some_and(|tx| tx.send(answer).is_ok())
+    }
+
+    /// Wait until every driver has finished (after `shutdown` fired).
+    pub async fn wait(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    /// Record one state change of `task`, if it is still in `from`.
+    pub async fn transition(
+        &self,
+        task: &TaskRef,
+        from: TaskState,
+        event: TaskEvent,
+        message: impl Into<String>,
+        outcome: Outcome,
+        audit: Vec<NewAudit>,
+    ) -> Result<Result<StoredEvent, Rejected>> {
+        let to = from.apply(event)?;
+        let at = now();
+        let execution_time = to
+            .is_terminal()
+            .then(|| (at - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
+        self.writer
+            .append(Append {
+                session_id: task.session_id,
+                task_id: task.task_id,
+                at,
+                body: EventBody::State(StateChange {
+                    state: to,
+                    prev_state: Some(from),
+                    message: message.into(),
+                    agent_type: None,
+                }),
+                change: TaskChange::Transition(Transition {
+                    from,
+                    to,
+                    result: outcome.result,
+                    error: outcome.error,
+                    execution_time,
+                }),
+                audit,
+            })
+            .await
+    }
+
+    /// Move `task` to `failed` from whatever non-terminal state it is in.
+    /// Returns the stored event, or `None` when it had already ended.
+    pub async fn fail(
+        &self,
+        task: &TaskRef,
+        from: TaskState,
+        reason: &str,
+    ) -> Result<Option<StoredEvent>> {
+        let mut from = from;
+        // A concurrent writer may move the task on; follow it a few times.
+        for _ in 0..4 {
+            if from.is_terminal() {
+                return Ok(None);
+            }
+            let audit = vec![
+                NewAudit::by(None, kind::TASK_FAILED, "fail")
+                    .for_user(&task.user_id)
+                    .resource("task", task.task_id)
+                    .session(task.session_id)
+                    .status(crate::audit::AuditStatus::Failure)
+                    .detail("error", reason),
+            ];
+            match self
+                .transition(
+                    task,
+                    from,
+                    TaskEvent::Fail,
+                    reason,
+                    Outcome::error(reason),
+                    audit,
+                )
+                .await?
+            {
+                Ok(e) => return Ok(Some(e)),
+                Err(Rejected::StateIs(now)) => from = now,
+                Err(Rejected::NoTask | Rejected::Duplicate) => return Ok(None),
+            }
+        }
+        Err(Error::Conflict("the task kept changing state".into()))
+    }
+
+    async fn drive(self: Arc<Self>, task: Task, live: Arc<Live>) -> Result<()> {
+        let tref = TaskRef::from(&task);
+        let Some(registered) = self.agents.get(&task.agent_type) else {
+            self.fail(
+                &tref,
+                TaskState::Pending,
+                "the agent is not configured on this node",
+            )
+            .await?;
+            return Ok(());
+        };
+        // Queue in `pending` until the agent has a free slot; the queue
+        // serves users round-robin (see `agent::fair`).
+        let _slot = tokio::select! {
+            slot = registered.slots.acquire(&task.user_id) => slot,
+            _ = live.cancel.cancelled() => return self.after_stop(&tref, TaskState::Pending).await,
+        };
+        let steps = [
+            (TaskState::Pending, TaskEvent::Plan, "planning", None),
+            (
+                TaskState::Planning,
+                TaskEvent::Run,
+                "running",
+                Some(kind::TASK_STARTED),
+            ),
+        ];
+        for (from, event, message, audit_kind) in steps {
+            let audit = audit_kind
+                .map(|k| {
+                    NewAudit::by(None, k, "start")
+                        .for_user(&tref.user_id)
+                        .resource("task", tref.task_id)
+                        .session(tref.session_id)
+                        .detail("agent_type", &task.agent_type)
+                })
+                .into_iter()
+                .collect();
+            if self
+                .transition(&tref, from, event, message, Outcome::default(), audit)
+                .await?
+                .is_err()
+            {
+                return Ok(()); // cancelled meanwhile; the canceller recorded it
+            }
+        }
+        let io = Arc::new(DriverIo {
+            engine: self.clone(),
+            task: tref.clone(),
+            live: live.clone(),
+        });
+        let job = Job {
+            task_id: task.task_id,
+            prompt: task.prompt.clone(),
+            params: task.params.clone(),
+            context: task.context.clone(),
+        };
+        let ctx = Context::new(io, live.cancel.clone());
+        let run = AssertUnwindSafe(registered.agent.run(job, ctx)).catch_unwind();
+        // Dropping the agent's future on cancel is what makes a stop real
+        // even for an agent that forgets to watch its token.
+        let outcome = tokio::select! {
+            outcome = run => outcome,
+            _ = live.cancel.cancelled() => Ok(Err(AgentError::Stopped)),
+        };
+        match outcome {
+            Ok(Ok(result)) => {
+                let audit = vec![
+                    NewAudit::by(None, kind::TASK_COMPLETED, "complete")
+                        .for_user(&tref.user_id)
+                        .resource("task", tref.task_id)
+                        .session(tref.session_id),
+                ];
+                let done = self
+                    .transition(
+                        &tref,
+                        TaskState::Running,
+                        TaskEvent::Complete,
+                        "completed",
+                        Outcome::result(result),
+                        audit,
+                    )
+                    .await?;
+                if let Err(Rejected::StateIs(state)) = done {
+                    tracing::debug!(%state, "finished after the task had moved on");
+                }
+            }
+            Ok(Err(AgentError::Failed(reason))) => {
+                self.fail(&tref, TaskState::Running, &reason).await?;
+            }
+            Ok(Err(AgentError::Stopped)) => {
+                return self.after_stop(&tref, TaskState::Running).await;
+            }
+            Err(_panic) => {
+                tracing::error!("agent panicked");
+                self.fail(&tref, TaskState::Running, "the agent crashed")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The agent stopped: when the node is shutting down nobody recorded why,
+    /// so record it; otherwise the canceller or denier already did.
+    async fn after_stop(&self, task: &TaskRef, believed: TaskState) -> Result<()> {
+        if self.shutdown.is_cancelled() {
+            self.fail(
+                task,
+                believed,
+                "the node shut down while the task was in progress",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a terminal transition records besides the state.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// The result, when completing.
+    pub result: Option<String>,
+    /// The error, when failing or cancelling.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// A completion result.
+    pub fn result(r: impl Into<String>) -> Self {
+        Outcome {
+            result: Some(r.into()),
+            error: None,
+        }
+    }
+
+    /// A failure or cancellation reason.
+    pub fn error(e: impl Into<String>) -> Self {
+        Outcome {
+            result: None,
+            error: Some(e.into()),
+        }
+    }
+}
+
+/// The engine's [`TaskIo`] for one running task.
+struct DriverIo {
+    engine: Arc<Engine>,
+    task: TaskRef,
+    live: Arc<Live>,
+}
+
+#[async_trait]
+impl TaskIo for DriverIo {
+    async fn output(&self, chunk: String) -> Result<(), Stopped> {
+        let append = Append {
+            session_id: self.task.session_id,
+            task_id: self.task.task_id,
+            at: now(),
+            body: EventBody::Output(OutputChunk { chunk }),
+            change: TaskChange::Require(TaskState::Running),
+            audit: Vec::new(),
+        };
+        match self.engine.writer.append(append).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Stopped),
+            Err(e) => {
+                tracing::warn!(error = %e, "output could not be stored; stopping the task");
+                Err(Stopped)
+            }
+        }
+    }
+
+    async fn wait(&self, message: String) -> Result<Answer, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut slot) = self.live.answer.lock() {
+            *slot = Some(tx);
+        }
+        match self
+            .engine
+            .transition(
+                &self.task,
+                TaskState::Running,
+                TaskEvent::Wait,
+                message,
+                Outcome::default(),
+                Vec::new(),
+            )
+            .await
+        {
+            Ok(Ok(_)) => {}
+            _ => return Err(Stopped),
+        }
+        rx.await.map_err(|_| Stopped)
+    }
+}
+
+/// Metadata every new task carries.
+pub fn task_metadata(node_id: &str, agent_kind: &serde_json::Value) -> serde_json::Value {
+    json!({ "node_id": node_id, "agent_kind": agent_kind })
+}

@@ -1,0 +1,713 @@
+//! One store test suite, run against every backend: SQLite on a temp file
+//! always, PostgreSQL (a fresh database per test) when
+//! `SWITCHBOARD_TEST_POSTGRES_URL` is set.
+//!
+//! Each check is a generic async function over `Arc<dyn Store>`; the
+//! `both!` macro makes one `#[tokio::test]` per backend out of it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::Duration;
+use serde_json::json;
+use switchboard::audit::{NewAudit, kind};
+use switchboard::auth::User;
+use switchboard::event::{EventBody, OutputChunk, StateChange, now};
+use switchboard::rbac::{Permission, Role};
+use switchboard::runtime::audit::verify_store;
+use switchboard::session::Session;
+use switchboard::store::{Append, Rejected, Store, TaskChange, TaskFilter, Transition};
+use switchboard::task::{Task, TaskState};
+use uuid::Uuid;
+
+/// Generate, for each suite function, a test per backend.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                    let store = switchboard::store::open(&url, std::sync::Arc::new(switchboard::bus::Bus::new()))
+                        .await
+                        .unwrap();
+                    super::suite::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(db) = crate::common::PgDb::create().await else { return };
+                    let store = switchboard::store::open(&db.url, std::sync::Arc::new(switchboard::bus::Bus::new()))
+                        .await
+                        .unwrap();
+                    super::suite::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    users_and_tokens,
+    sessions,
+    append_applies_changes_on_condition,
+    seq_is_gapless_under_concurrent_appends,
+    events_after_pages,
+    list_tasks_filters_and_cursor,
+    audit_chain_appends_queries_and_verifies,
+    timestamps_round_trip_at_microseconds,
+);
+
+/// Store fixtures shared by the suite.
+mod fixtures {
+    use super::*;
+
+    pub async fn user(store: &Arc<dyn Store>, id: &str) -> User {
+        let user = User::new(id, [Role::Developer].into(), now());
+        store
+            .create_user(&user, &format!("hash-{id}"), vec![])
+            .await
+            .unwrap();
+        user
+    }
+
+    pub async fn session(store: &Arc<dyn Store>, user: &str) -> Session {
+        let s = Session::new(user, None, BTreeSet::new(), false, now());
+        store.create_session(&s, vec![]).await.unwrap();
+        s
+    }
+
+    pub fn task(session: &Session, agent: &str, key: Option<&str>) -> Task {
+        let at = now();
+        Task {
+            task_id: Uuid::new_v4(),
+            execution_uuid: Uuid::new_v4(),
+            session_id: session.session_id,
+            user_id: session.user_id.clone(),
+            agent_type: agent.into(),
+            prompt: "hello".into(),
+            context: json!({"k": [1, 2.5, "x"]}),
+            params: json!({"delay_ms": 0}),
+            state: TaskState::Pending,
+            result: None,
+            error: None,
+            metadata: json!({"node_id": "n1"}),
+            idempotency_key: key.map(str::to_owned),
+            created_at: at,
+            updated_at: at,
+            execution_time: None,
+        }
+    }
+
+    pub fn insert(task: &Task) -> Append {
+        Append {
+            session_id: task.session_id,
+            task_id: task.task_id,
+            at: task.created_at,
+            body: EventBody::State(StateChange {
+                state: TaskState::Pending,
+                prev_state: None,
+                message: "submitted".into(),
+                agent_type: Some(task.agent_type.clone()),
+            }),
+            change: TaskChange::Insert(Box::new(task.clone())),
+            audit: vec![
+                NewAudit::by(None, kind::TASK_SUBMITTED, "submit")
+                    .for_user(&task.user_id)
+                    .resource("task", task.task_id)
+                    .session(task.session_id),
+            ],
+        }
+    }
+
+    pub fn transition(task: &Task, from: TaskState, to: TaskState) -> Append {
+        Append {
+            session_id: task.session_id,
+            task_id: task.task_id,
+            at: now(),
+            body: EventBody::State(StateChange {
+                state: to,
+                prev_state: Some(from),
+                message: to.to_string(),
+                agent_type: None,
+            }),
+            change: TaskChange::Transition(Transition {
+                from,
+                to,
+                result: (to == TaskState::Completed).then(|| "done".into()),
+                error: None,
+                execution_time: to.is_terminal().then_some(1.25),
+            }),
+            audit: vec![],
+        }
+    }
+
+    pub fn output(task: &Task, chunk: &str) -> Append {
+        Append {
+            session_id: task.session_id,
+            task_id: task.task_id,
+            at: now(),
+            body: EventBody::Output(OutputChunk {
+                chunk: chunk.into(),
+            }),
+            change: TaskChange::Require(TaskState::Running),
+            audit: vec![],
+        }
+    }
+
+    /// Append one item and return its outcome.
+    pub async fn one(
+        store: &Arc<dyn Store>,
+        a: Append,
+    ) -> Result<switchboard::event::StoredEvent, Rejected> {
+        store.append(vec![a]).await.unwrap().pop().unwrap()
+    }
+}
+
+mod suite {
+    use super::fixtures::*;
+    use super::*;
+
+    /// Users are created once, updated, found by live tokens only.
+    pub async fn users_and_tokens(store: Arc<dyn Store>) {
+        assert_eq!(store.user_count().await.unwrap(), 0);
+        let mut u = user(&store, "dev@team.com").await;
+        assert_eq!(store.user_count().await.unwrap(), 1);
+        assert_eq!(
+            store.get_user("dev@team.com").await.unwrap(),
+            Some(u.clone())
+        );
+        assert!(store.get_user("nobody").await.unwrap().is_none());
+
+        // The same id again is a conflict, not an internal error.
+        let again = store
+            .create_user(&u, "hash-other", vec![])
+            .await
+            .unwrap_err();
+        assert_eq!(again.code(), "conflict");
+
+        u.roles.insert(Role::Viewer);
+        u.grants.insert(Permission::AdminSystem);
+        u.revokes.insert(Permission::TaskSubmit);
+        store.update_user(&u, vec![]).await.unwrap();
+        assert_eq!(store.get_user(&u.user_id).await.unwrap(), Some(u.clone()));
+        user(&store, "another").await;
+        let ids: Vec<_> = store
+            .list_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.user_id)
+            .collect();
+        assert_eq!(ids, ["another", "dev@team.com"]);
+
+        let at = now();
+        store
+            .add_token(&u.user_id, "second", at, None, vec![])
+            .await
+            .unwrap();
+        let found = store.user_by_token("second", at).await.unwrap();
+        assert_eq!(found.map(|u| u.user_id).as_deref(), Some("dev@team.com"));
+        assert!(store.user_by_token("unknown", at).await.unwrap().is_none());
+        assert_eq!(
+            store.revoke_tokens(&u.user_id, at, vec![]).await.unwrap(),
+            2
+        );
+        assert!(store.user_by_token("second", at).await.unwrap().is_none());
+        assert!(
+            store
+                .user_by_token("hash-dev@team.com", at)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .user_by_token("hash-another", at)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    /// Sessions are stored, listed newest first, have one active default,
+    /// and end.
+    pub async fn sessions(store: Arc<dyn Store>) {
+        user(&store, "u1").await;
+        user(&store, "u2").await;
+        let perms: BTreeSet<_> = Role::Developer.permissions().iter().copied().collect();
+        let a = Session::new("u1", Some("laptop".into()), perms.clone(), true, now());
+        store.create_session(&a, vec![]).await.unwrap();
+        assert_eq!(
+            store.get_session(a.session_id).await.unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(store.default_session("u1").await.unwrap(), Some(a.clone()));
+        assert!(store.default_session("u2").await.unwrap().is_none());
+
+        // A second active default for the same user is refused.
+        let dup = Session::new("u1", None, perms, true, now());
+        assert_eq!(
+            store.create_session(&dup, vec![]).await.unwrap_err().code(),
+            "conflict"
+        );
+
+        let b = session(&store, "u1").await;
+        let c = session(&store, "u2").await;
+        let mine: Vec<_> = store
+            .list_sessions(Some("u1"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.session_id)
+            .collect();
+        assert_eq!(mine, [b.session_id, a.session_id]);
+        assert_eq!(store.list_sessions(None).await.unwrap().len(), 3);
+        assert_eq!(store.stats().await.unwrap().active_sessions, 3);
+
+        let at = now();
+        store.end_session(a.session_id, at, vec![]).await.unwrap();
+        let ended = store.get_session(a.session_id).await.unwrap().unwrap();
+        assert_eq!(ended.state.as_str(), "ended");
+        assert_eq!(ended.last_activity, at);
+        assert!(store.default_session("u1").await.unwrap().is_none());
+        assert_eq!(c.last_seq, 0);
+    }
+
+    /// Insert, compare-and-set transitions and output requirements: a
+    /// refused change stores nothing and consumes no seq; a reused
+    /// idempotency key is `Duplicate`.
+    pub async fn append_applies_changes_on_condition(store: Arc<dyn Store>) {
+        user(&store, "u").await;
+        let s = session(&store, "u").await;
+        let t = task(&s, "echo", Some("key-1"));
+        let first = one(&store, insert(&t)).await.unwrap();
+        assert_eq!(first.seq, 1);
+        assert_eq!(store.get_task(t.task_id).await.unwrap(), Some(t.clone()));
+        assert_eq!(
+            store
+                .task_by_idempotency_key("u", "key-1")
+                .await
+                .unwrap()
+                .map(|t| t.task_id),
+            Some(t.task_id)
+        );
+
+        // Same key, new task id: refused, the first one stays.
+        let twin = task(&s, "echo", Some("key-1"));
+        assert_eq!(one(&store, insert(&twin)).await, Err(Rejected::Duplicate));
+        assert!(store.get_task(twin.task_id).await.unwrap().is_none());
+
+        // Output while pending is refused; a transition from the wrong
+        // state reports the real one; an unknown task is NoTask.
+        assert_eq!(
+            one(&store, output(&t, "early")).await,
+            Err(Rejected::StateIs(TaskState::Pending))
+        );
+        assert_eq!(
+            one(
+                &store,
+                transition(&t, TaskState::Planning, TaskState::Running)
+            )
+            .await,
+            Err(Rejected::StateIs(TaskState::Pending))
+        );
+        let ghost = task(&s, "echo", None);
+        assert_eq!(
+            one(
+                &store,
+                transition(&ghost, TaskState::Pending, TaskState::Planning)
+            )
+            .await,
+            Err(Rejected::NoTask)
+        );
+
+        // A batch: each item on its own condition.
+        let results = store
+            .append(vec![
+                transition(&t, TaskState::Pending, TaskState::Planning),
+                transition(&t, TaskState::Pending, TaskState::Planning),
+                transition(&t, TaskState::Planning, TaskState::Running),
+                output(&t, "chunk"),
+                transition(&t, TaskState::Running, TaskState::Completed),
+            ])
+            .await
+            .unwrap();
+        let seqs: Vec<_> = results
+            .iter()
+            .map(|r| r.as_ref().map(|e| e.seq).map_err(Clone::clone))
+            .collect();
+        assert_eq!(
+            seqs,
+            [
+                Ok(2),
+                Err(Rejected::StateIs(TaskState::Planning)),
+                Ok(3),
+                Ok(4),
+                Ok(5)
+            ]
+        );
+        let done = store.get_task(t.task_id).await.unwrap().unwrap();
+        assert_eq!(done.state, TaskState::Completed);
+        assert_eq!(done.result.as_deref(), Some("done"));
+        assert_eq!(done.execution_time, Some(1.25));
+        assert_eq!(
+            store
+                .get_session(s.session_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seq,
+            5
+        );
+
+        let events = store.task_events(t.task_id).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            events[3].body,
+            EventBody::Output(OutputChunk {
+                chunk: "chunk".into()
+            })
+        );
+        assert_eq!(store.unfinished_tasks().await.unwrap(), vec![]);
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.tasks_by_state, vec![(TaskState::Completed, 1)]);
+    }
+
+    /// Many writers appending to one session at once: every seq from 1 to
+    /// N exactly once.
+    pub async fn seq_is_gapless_under_concurrent_appends(store: Arc<dyn Store>) {
+        user(&store, "u").await;
+        let s = session(&store, "u").await;
+        let writers = 16;
+        let per_writer = 10;
+        let mut handles = Vec::new();
+        for _ in 0..writers {
+            let store = store.clone();
+            let t = task(&s, "echo", None);
+            handles.push(tokio::spawn(async move {
+                one(&store, insert(&t)).await.unwrap();
+                one(
+                    &store,
+                    transition(&t, TaskState::Pending, TaskState::Planning),
+                )
+                .await
+                .unwrap();
+                one(
+                    &store,
+                    transition(&t, TaskState::Planning, TaskState::Running),
+                )
+                .await
+                .unwrap();
+                for i in 0..per_writer - 3 {
+                    one(&store, output(&t, &format!("{i}"))).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let total = (writers * per_writer) as i64;
+        let events = store.events_after(s.session_id, 0, 10_000).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            store
+                .get_session(s.session_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_seq,
+            total
+        );
+        // The audit chain written by all of them is intact too.
+        let v = verify_store(store.as_ref()).await.unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.checked, writers as u64);
+    }
+
+    /// `events_after` pages through a stream in order, and streams are apart.
+    pub async fn events_after_pages(store: Arc<dyn Store>) {
+        user(&store, "u").await;
+        let s = session(&store, "u").await;
+        let other = session(&store, "u").await;
+        let t = task(&s, "echo", None);
+        one(&store, insert(&t)).await.unwrap();
+        one(&store, insert(&task(&other, "echo", None)))
+            .await
+            .unwrap();
+        one(
+            &store,
+            transition(&t, TaskState::Pending, TaskState::Planning),
+        )
+        .await
+        .unwrap();
+        one(
+            &store,
+            transition(&t, TaskState::Planning, TaskState::Running),
+        )
+        .await
+        .unwrap();
+        for i in 0..20 {
+            one(&store, output(&t, &format!("c{i}"))).await.unwrap();
+        }
+        let mut after = 0;
+        let mut seen = Vec::new();
+        loop {
+            let page = store.events_after(s.session_id, after, 7).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 7);
+            assert!(page.iter().all(|e| e.session_id == s.session_id));
+            after = page.last().unwrap().seq;
+            seen.extend(page.into_iter().map(|e| e.seq));
+        }
+        assert_eq!(seen, (1..=23).collect::<Vec<_>>());
+        assert_eq!(
+            store
+                .events_after(other.session_id, 0, 100)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .events_after(s.session_id, 23, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Listing filters by owner, session, state and agent, newest first,
+    /// with a cursor.
+    pub async fn list_tasks_filters_and_cursor(store: Arc<dyn Store>) {
+        user(&store, "a").await;
+        user(&store, "b").await;
+        let sa = session(&store, "a").await;
+        let sb = session(&store, "b").await;
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let mut t = task(
+                if i % 2 == 0 { &sa } else { &sb },
+                if i < 3 { "echo" } else { "other" },
+                None,
+            );
+            // Distinct, increasing creation times.
+            t.created_at = now() + Duration::milliseconds(i);
+            t.updated_at = t.created_at;
+            one(&store, insert(&t)).await.unwrap();
+            tasks.push(t);
+        }
+        one(
+            &store,
+            transition(&tasks[0], TaskState::Pending, TaskState::Cancelled),
+        )
+        .await
+        .unwrap();
+        let list = |f: TaskFilter| {
+            let store = store.clone();
+            async move {
+                store
+                    .list_tasks(&f)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.task_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        let all = TaskFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let ids: Vec<_> = tasks.iter().rev().map(|t| t.task_id).collect();
+        assert_eq!(list(all.clone()).await, ids);
+        assert_eq!(
+            list(TaskFilter {
+                user_id: Some("a".into()),
+                ..all.clone()
+            })
+            .await,
+            [tasks[4].task_id, tasks[2].task_id, tasks[0].task_id]
+        );
+        assert_eq!(
+            list(TaskFilter {
+                session_id: Some(sb.session_id),
+                agent_type: Some("other".into()),
+                ..all.clone()
+            })
+            .await,
+            [tasks[5].task_id, tasks[3].task_id]
+        );
+        assert_eq!(
+            list(TaskFilter {
+                state: Some(TaskState::Cancelled),
+                ..all.clone()
+            })
+            .await,
+            [tasks[0].task_id]
+        );
+        // Pages of two, following the cursor, cover everything once.
+        let mut before = None;
+        let mut paged = Vec::new();
+        loop {
+            let page = store
+                .list_tasks(&TaskFilter {
+                    before,
+                    limit: 2,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            before = Some((last.created_at, last.task_id));
+            paged.extend(page.iter().map(|t| t.task_id));
+        }
+        assert_eq!(paged, ids);
+        assert_eq!(store.unfinished_tasks().await.unwrap().len(), 5);
+    }
+
+    /// Audit records chain across every kind of write, are queried newest
+    /// first with filters, and verify; the log refuses updates and deletes.
+    pub async fn audit_chain_appends_queries_and_verifies(store: Arc<dyn Store>) {
+        let record = |t: &'static str, user: &str| {
+            NewAudit::by(None, t, "act")
+                .for_user(user)
+                .detail("n", 1.5)
+                .detail("nested", json!({"b": [1, "two"], "a": null}))
+        };
+        let u = User::new("a", [Role::Admin].into(), now());
+        store
+            .create_user(&u, "h", vec![record(kind::USER_CREATED, "a")])
+            .await
+            .unwrap();
+        let s = Session::new("a", None, BTreeSet::new(), false, now());
+        store
+            .create_session(
+                &s,
+                vec![record(kind::SESSION_CREATED, "a").session(s.session_id)],
+            )
+            .await
+            .unwrap();
+        store
+            .audit(vec![
+                record(kind::AUTH_FAILED, "b"),
+                record(kind::PERMISSION_DENIED, "b"),
+            ])
+            .await
+            .unwrap();
+        one(&store, insert(&task(&s, "echo", None))).await.unwrap();
+        assert_eq!(store.audit_last_seq().await.unwrap(), 5);
+
+        let all = store.audit_after(0, 100).await.unwrap();
+        assert_eq!(
+            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        for pair in all.windows(2) {
+            assert_eq!(pair[1].prev_hash, pair[0].hash);
+        }
+        assert_eq!(
+            all[0].details["nested"],
+            json!({"a": null, "b": [1, "two"]})
+        );
+        let v = verify_store(store.as_ref()).await.unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.checked, 5);
+        assert_eq!(v.head, all[4].hash);
+
+        let q = switchboard::store::AuditQuery {
+            user_id: Some("b".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let b: Vec<_> = store
+            .audit_query(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(b, [4, 3]);
+        let q = switchboard::store::AuditQuery {
+            session_id: Some(s.session_id),
+            event_type: Some(kind::SESSION_CREATED.into()),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.audit_query(&q).await.unwrap().len(), 1);
+        let q = switchboard::store::AuditQuery {
+            before_seq: Some(3),
+            since: Some(all[0].timestamp),
+            until: Some(now() + Duration::seconds(1)),
+            limit: 10,
+            ..Default::default()
+        };
+        let older: Vec<_> = store
+            .audit_query(&q)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(older, [2, 1]);
+        assert_eq!(store.audit_after(3, 1).await.unwrap()[0].seq, 4);
+    }
+
+    /// Timestamps come back exactly as written, to the microsecond (audit
+    /// hashes cover them).
+    pub async fn timestamps_round_trip_at_microseconds(store: Arc<dyn Store>) {
+        let at = chrono::DateTime::from_timestamp_micros(1_763_000_000_123_457).unwrap();
+        let mut u = User::new("t", [Role::Guest].into(), at);
+        u.created_at = at;
+        store.create_user(&u, "h", vec![]).await.unwrap();
+        assert_eq!(store.get_user("t").await.unwrap().unwrap().created_at, at);
+        let mut r = NewAudit::by(None, kind::USER_CREATED, "x");
+        r.timestamp = at;
+        store.audit(vec![r]).await.unwrap();
+        let stored = store.audit_after(0, 1).await.unwrap().remove(0);
+        assert_eq!(stored.timestamp, at);
+        assert_eq!(stored.compute_hash(), stored.hash);
+    }
+}
+
+/// PostgreSQL only: the audit table refuses updates, deletes and truncation
+/// even through a raw connection (the SQLite triggers are the same).
+#[tokio::test]
+async fn postgres_audit_log_is_append_only() {
+    let Some(db) = common::PgDb::create().await else {
+        return;
+    };
+    let store = switchboard::store::open(&db.url, Arc::new(switchboard::bus::Bus::new()))
+        .await
+        .unwrap();
+    store
+        .audit(vec![NewAudit::by(None, kind::AUTH_FAILED, "x")])
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for sql in [
+        "UPDATE audit SET action = 'changed'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let err = sqlx::query(sql).execute(&mut conn).await.unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert!(verify_store(store.as_ref()).await.unwrap().ok);
+}
