@@ -57,6 +57,7 @@ both!(
     users_and_tokens,
     sessions,
     append_applies_changes_on_condition,
+    one_batch_spans_tasks_and_sessions,
     seq_is_gapless_under_concurrent_appends,
     events_after_pages,
     list_tasks_filters_and_cursor,
@@ -381,6 +382,82 @@ mod suite {
         assert_eq!(store.unfinished_tasks().await.unwrap(), vec![]);
         let stats = store.stats().await.unwrap();
         assert_eq!(stats.tasks_by_state, vec![(TaskState::Completed, 1)]);
+    }
+
+    /// One batch that inserts tasks and moves them, over two sessions, with
+    /// a duplicate in the middle: every item sees the ones before it, each
+    /// session's seq rises by one, and the refused items take no seq.
+    pub async fn one_batch_spans_tasks_and_sessions(store: Arc<dyn Store>) {
+        user(&store, "u").await;
+        let (s1, s2) = (session(&store, "u").await, session(&store, "u").await);
+        let (a, b) = (task(&s1, "echo", Some("k-a")), task(&s2, "echo", None));
+        let twin = task(&s1, "echo", Some("k-a"));
+        let results = store
+            .append(vec![
+                insert(&a),
+                insert(&b),
+                insert(&twin),
+                transition(&twin, TaskState::Pending, TaskState::Planning),
+                transition(&a, TaskState::Pending, TaskState::Planning),
+                transition(&b, TaskState::Pending, TaskState::Planning),
+                transition(&a, TaskState::Planning, TaskState::Running),
+                output(&a, "x"),
+                output(&b, "too early"),
+                transition(&a, TaskState::Running, TaskState::Completed),
+            ])
+            .await
+            .unwrap();
+        let outcome: Vec<_> = results
+            .iter()
+            .map(|r| {
+                r.as_ref()
+                    .map(|e| (e.session_id, e.seq))
+                    .map_err(Clone::clone)
+            })
+            .collect();
+        assert_eq!(
+            outcome,
+            [
+                Ok((s1.session_id, 1)),
+                Ok((s2.session_id, 1)),
+                Err(Rejected::Duplicate),
+                Err(Rejected::NoTask),
+                Ok((s1.session_id, 2)),
+                Ok((s2.session_id, 2)),
+                Ok((s1.session_id, 3)),
+                Ok((s1.session_id, 4)),
+                Err(Rejected::StateIs(TaskState::Planning)),
+                Ok((s1.session_id, 5)),
+            ]
+        );
+        let a_now = store.get_task(a.task_id).await.unwrap().unwrap();
+        assert_eq!(a_now.state, TaskState::Completed);
+        assert_eq!(a_now.result.as_deref(), Some("done"));
+        let b_now = store.get_task(b.task_id).await.unwrap().unwrap();
+        assert_eq!(b_now.state, TaskState::Planning);
+        for (s, last) in [(&s1, 5), (&s2, 2)] {
+            let stored = store.get_session(s.session_id).await.unwrap().unwrap();
+            assert_eq!(stored.last_seq, last);
+            let seqs: Vec<_> = store
+                .events_after(s.session_id, 0, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+        }
+        // Both inserts were audited, in the batch's transaction.
+        assert_eq!(
+            store
+                .audit_after(0, 100)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|r| r.event_type == "task.submitted")
+                .count(),
+            2
+        );
     }
 
     /// Many writers appending to one session at once: every seq from 1 to

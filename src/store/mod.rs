@@ -9,6 +9,7 @@
 //! bumping the session's `last_seq`, which keeps them gapless even with
 //! several writers.
 
+mod batch;
 pub mod postgres;
 pub mod sqlite;
 pub mod writer;

@@ -25,10 +25,11 @@ use crate::audit::{AuditRecord, GENESIS, NewAudit};
 use crate::auth::User;
 use crate::bus::Bus;
 use crate::device::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::{EventBody, StoredEvent, StreamKey, rfc3339};
 use crate::protocol::ws::{audit_event_frame, session_event_frame};
 use crate::session::{Session, SessionState};
+use crate::store::batch::BatchPlan;
 use crate::store::{Append, AuditQuery, Rejected, Stats, Store, TaskChange, TaskFilter, corrupt};
 use crate::task::{Task, TaskState};
 
@@ -227,114 +228,164 @@ async fn write_audit(
             .fetch_optional(&mut **tx)
             .await?;
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
-    let mut out = Vec::with_capacity(records.len());
-    for new in records {
-        seq += 1;
-        let r = new.chain(seq, &prev);
-        sqlx::query(
-            "INSERT INTO audit (seq, event_id, event_type, timestamp, user_id, session_id, resource_type, \
-             resource_id, action, status, details, hash, prev_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    let out: Vec<AuditRecord> = records
+        .into_iter()
+        .map(|new| {
+            seq += 1;
+            let r = new.chain(seq, &prev);
+            prev = r.hash.clone();
+            r
+        })
+        .collect();
+    // Thirteen parameters a row, well under SQLite's limit of 32,766.
+    for chunk in out.chunks(1024) {
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit (seq, event_id, event_type, timestamp, user_id, session_id, \
+             resource_type, resource_id, action, status, details, hash, prev_hash) ",
         )
-        .bind(r.seq)
-        .bind(r.event_id.to_string())
-        .bind(&r.event_type)
-        .bind(rfc3339(&r.timestamp))
-        .bind(&r.user_id)
-        .bind(r.session_id.map(|s| s.to_string()))
-        .bind(&r.resource_type)
-        .bind(&r.resource_id)
-        .bind(&r.action)
-        .bind(&r.status)
-        .bind(to_json(&r.details))
-        .bind(&r.hash)
-        .bind(&r.prev_hash)
+        .push_values(chunk, |mut row, r| {
+            row.push_bind(r.seq)
+                .push_bind(r.event_id.to_string())
+                .push_bind(r.event_type.clone())
+                .push_bind(rfc3339(&r.timestamp))
+                .push_bind(r.user_id.clone())
+                .push_bind(r.session_id.map(|s| s.to_string()))
+                .push_bind(r.resource_type.clone())
+                .push_bind(r.resource_id.clone())
+                .push_bind(r.action.clone())
+                .push_bind(r.status.clone())
+                .push_bind(to_json(&r.details))
+                .push_bind(r.hash.clone())
+                .push_bind(r.prev_hash.clone());
+        })
+        .build()
         .execute(&mut **tx)
         .await?;
-        prev = r.hash.clone();
-        out.push(r);
     }
     Ok(out)
 }
 
-/// The state of a task, or `NoTask`.
-async fn current_state(
-    tx: &mut Transaction<'_, Sqlite>,
-    task_id: Uuid,
-) -> Result<Result<TaskState, Rejected>> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE task_id = ?")
-        .bind(task_id.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match state {
-        None => Err(Rejected::NoTask),
-        Some(s) => Ok(s.parse::<TaskState>().map_err(corrupt)?),
+/// Insert a new task row; `Err` means its id or idempotency key is taken.
+async fn insert_task(tx: &mut Transaction<'_, Sqlite>, t: &Task) -> Result<Result<(), Rejected>> {
+    let done = sqlx::query(
+        "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
+         params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \
+         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+    )
+    .bind(t.task_id.to_string())
+    .bind(t.execution_uuid.to_string())
+    .bind(t.session_id.to_string())
+    .bind(&t.user_id)
+    .bind(&t.agent_type)
+    .bind(&t.prompt)
+    .bind(to_json(&t.context))
+    .bind(to_json(&t.params))
+    .bind(t.state.as_str())
+    .bind(&t.result)
+    .bind(&t.error)
+    .bind(to_json(&t.metadata))
+    .bind(&t.idempotency_key)
+    .bind(rfc3339(&t.created_at))
+    .bind(rfc3339(&t.updated_at))
+    .bind(t.execution_time)
+    .execute(&mut **tx)
+    .await?;
+    Ok(if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(Rejected::Duplicate)
     })
 }
 
-/// Apply one append's task change; `Err` means it is refused.
-async fn apply_change(
-    tx: &mut Transaction<'_, Sqlite>,
-    a: &Append,
-) -> Result<Result<(), Rejected>> {
-    match &a.change {
-        TaskChange::Insert(t) => {
-            let done = sqlx::query(
-                "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
-                 params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \
-                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            )
-            .bind(t.task_id.to_string())
-            .bind(t.execution_uuid.to_string())
-            .bind(t.session_id.to_string())
-            .bind(&t.user_id)
-            .bind(&t.agent_type)
-            .bind(&t.prompt)
-            .bind(to_json(&t.context))
-            .bind(to_json(&t.params))
-            .bind(t.state.as_str())
-            .bind(&t.result)
-            .bind(&t.error)
-            .bind(to_json(&t.metadata))
-            .bind(&t.idempotency_key)
-            .bind(rfc3339(&t.created_at))
-            .bind(rfc3339(&t.updated_at))
-            .bind(t.execution_time)
-            .execute(&mut **tx)
-            .await?;
-            Ok(if done.rows_affected() == 1 {
-                Ok(())
-            } else {
-                Err(Rejected::Duplicate)
-            })
-        }
-        TaskChange::Transition(t) => {
-            let done = sqlx::query(
-                "UPDATE tasks SET state = ?, result = COALESCE(?, result), error = COALESCE(?, error), \
-                 execution_time = COALESCE(?, execution_time), updated_at = ? WHERE task_id = ? AND state = ?",
-            )
-            .bind(t.to.as_str())
-            .bind(&t.result)
-            .bind(&t.error)
-            .bind(t.execution_time)
-            .bind(rfc3339(&a.at))
-            .bind(a.task_id.to_string())
-            .bind(t.from.as_str())
-            .execute(&mut **tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Ok(()));
-            }
-            Ok(Err(match current_state(tx, a.task_id).await? {
-                Ok(state) => Rejected::StateIs(state),
-                Err(r) => r,
-            }))
-        }
-        TaskChange::Require(want) => Ok(match current_state(tx, a.task_id).await? {
-            Ok(state) if state == *want => Ok(()),
-            Ok(state) => Err(Rejected::StateIs(state)),
-            Err(r) => Err(r),
-        }),
+/// Read, inside `tx`, what a batch needs to plan: the stored state of each
+/// task it names and the last sequence number of each session.
+async fn plan_batch(tx: &mut Transaction<'_, Sqlite>, batch: &[Append]) -> Result<BatchPlan> {
+    let mut task_ids: Vec<String> = batch.iter().map(|a| a.task_id.to_string()).collect();
+    task_ids.sort_unstable();
+    task_ids.dedup();
+    let mut session_ids: Vec<String> = batch.iter().map(|a| a.session_id.to_string()).collect();
+    session_ids.sort_unstable();
+    session_ids.dedup();
+
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT task_id, state FROM tasks WHERE task_id IN (");
+    let mut list = q.separated(", ");
+    for id in task_ids {
+        list.push_bind(id);
     }
+    list.push_unseparated(")");
+    let tasks = q
+        .build_query_as::<(String, String)>()
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(id, state)| Ok((uuid(&id)?, state.parse::<TaskState>().map_err(corrupt)?)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "SELECT session_id, last_seq FROM sessions WHERE session_id IN (",
+    );
+    let mut list = q.separated(", ");
+    for id in session_ids {
+        list.push_bind(id);
+    }
+    list.push_unseparated(")");
+    let sessions = q
+        .build_query_as::<(String, i64)>()
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|(id, seq)| Ok((uuid(&id)?, seq)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BatchPlan::new(tasks, sessions))
+}
+
+/// Write back what a planned batch changed: each task and session row once,
+/// and the events in multi-row inserts.
+async fn write_batch(
+    tx: &mut Transaction<'_, Sqlite>,
+    plan: &BatchPlan,
+    events: &[StoredEvent],
+) -> Result<()> {
+    for (task_id, u) in plan.task_updates() {
+        sqlx::query(
+            "UPDATE tasks SET state = ?, result = COALESCE(?, result), error = COALESCE(?, error), \
+             execution_time = COALESCE(?, execution_time), updated_at = ? WHERE task_id = ?",
+        )
+        .bind(u.state.as_str())
+        .bind(&u.result)
+        .bind(&u.error)
+        .bind(u.execution_time)
+        .bind(rfc3339(&u.updated_at))
+        .bind(task_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (session_id, last_seq, at) in plan.session_updates() {
+        sqlx::query("UPDATE sessions SET last_seq = ?, last_activity = ? WHERE session_id = ?")
+            .bind(last_seq)
+            .bind(rfc3339(&at))
+            .bind(session_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    // Six parameters a row, well under SQLite's limit of 32,766 a statement.
+    for chunk in events.chunks(1024) {
+        QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (session_id, seq, task_id, event_type, data, at) ",
+        )
+        .push_values(chunk, |mut row, e| {
+            row.push_bind(e.session_id.to_string())
+                .push_bind(e.seq)
+                .push_bind(e.task_id.to_string())
+                .push_bind(e.body.type_name())
+                .push_bind(event_data(&e.body))
+                .push_bind(rfc3339(&e.at));
+        })
+        .build()
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -548,31 +599,31 @@ impl Store for SqliteStore {
 
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Result<StoredEvent, Rejected>>> {
         let mut tx = self.writer.begin().await?;
+        // The one writer connection holds the write lock for the whole
+        // batch, so each row is read once here and written once at the end.
+        let mut plan = plan_batch(&mut tx, &batch).await?;
         let mut results = Vec::with_capacity(batch.len());
         let mut stored = Vec::with_capacity(batch.len());
         let mut audit_new = Vec::new();
         for a in batch {
             // The condition first: a refused change must not consume a seq.
-            if let Err(rejected) = apply_change(&mut tx, &a).await? {
+            let verdict = match &a.change {
+                TaskChange::Insert(t) => {
+                    let inserted = insert_task(&mut tx, t).await?;
+                    if inserted.is_ok() {
+                        plan.inserted(t.task_id, t.state);
+                    }
+                    inserted
+                }
+                change => plan.apply(a.task_id, change, a.at),
+            };
+            if let Err(rejected) = verdict {
                 results.push(Err(rejected));
                 continue;
             }
-            let seq: i64 = sqlx::query_scalar(
-                "UPDATE sessions SET last_seq = last_seq + 1, last_activity = ? WHERE session_id = ? RETURNING last_seq",
-            )
-            .bind(rfc3339(&a.at))
-            .bind(a.session_id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO events (session_id, seq, task_id, event_type, data, at) VALUES (?,?,?,?,?,?)")
-                .bind(a.session_id.to_string())
-                .bind(seq)
-                .bind(a.task_id.to_string())
-                .bind(a.body.type_name())
-                .bind(event_data(&a.body))
-                .bind(rfc3339(&a.at))
-                .execute(&mut *tx)
-                .await?;
+            let seq = plan
+                .next_seq(a.session_id, a.at)
+                .ok_or_else(|| Error::NotFound(format!("session {}", a.session_id)))?;
             audit_new.extend(a.audit);
             let event = StoredEvent {
                 session_id: a.session_id,
@@ -584,6 +635,7 @@ impl Store for SqliteStore {
             stored.push(event.clone());
             results.push(Ok(event));
         }
+        write_batch(&mut tx, &plan, &stored).await?;
         let audit = write_audit(&mut tx, audit_new).await?;
         tx.commit().await?;
         metrics::counter!("switchboard_events_stored_total").increment(stored.len() as u64);
