@@ -111,7 +111,7 @@ impl BatchPlan {
             TaskChange::Transition(t) if row.state != t.from => Err(Rejected::StateIs(row.state)),
             TaskChange::Transition(t) => {
                 row.state = t.to;
-                let update = row.update.get_or_insert_with(|| TaskUpdate {
+                let update = row.update.get_or_insert(TaskUpdate {
                     state: t.to,
                     result: None,
                     error: None,
