@@ -6,6 +6,7 @@
 
 mod projects;
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -265,36 +266,44 @@ async fn write_audit(
     Ok(out)
 }
 
-/// Insert a new task row; `Err` means its id or idempotency key is taken.
-async fn insert_task(tx: &mut Transaction<'_, Sqlite>, t: &Task) -> Result<Result<(), Rejected>> {
-    let done = sqlx::query(
-        "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
-         params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \
-         VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-    )
-    .bind(t.task_id.to_string())
-    .bind(t.execution_uuid.to_string())
-    .bind(t.session_id.to_string())
-    .bind(&t.user_id)
-    .bind(&t.agent_type)
-    .bind(&t.prompt)
-    .bind(to_json(&t.context))
-    .bind(to_json(&t.params))
-    .bind(t.state.as_str())
-    .bind(&t.result)
-    .bind(&t.error)
-    .bind(to_json(&t.metadata))
-    .bind(&t.idempotency_key)
-    .bind(rfc3339(&t.created_at))
-    .bind(rfc3339(&t.updated_at))
-    .bind(t.execution_time)
-    .execute(&mut **tx)
-    .await?;
-    Ok(if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        Err(Rejected::Duplicate)
-    })
+/// Insert a batch's new task rows in one statement and return the ids of
+/// those inserted; the others' id or idempotency key is taken.
+async fn insert_tasks(tx: &mut Transaction<'_, Sqlite>, tasks: &[&Task]) -> Result<HashSet<Uuid>> {
+    let mut inserted = HashSet::with_capacity(tasks.len());
+    // Sixteen parameters a row, under SQLite's limit of 32,766 a statement.
+    for chunk in tasks.chunks(1024) {
+        let ids: Vec<String> = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, \
+             context, params, state, result, error, metadata, idempotency_key, created_at, \
+             updated_at, execution_time) ",
+        )
+        .push_values(chunk, |mut row, t| {
+            row.push_bind(t.task_id.to_string())
+                .push_bind(t.execution_uuid.to_string())
+                .push_bind(t.session_id.to_string())
+                .push_bind(&t.user_id)
+                .push_bind(&t.agent_type)
+                .push_bind(&t.prompt)
+                .push_bind(to_json(&t.context))
+                .push_bind(to_json(&t.params))
+                .push_bind(t.state.as_str())
+                .push_bind(&t.result)
+                .push_bind(&t.error)
+                .push_bind(to_json(&t.metadata))
+                .push_bind(&t.idempotency_key)
+                .push_bind(rfc3339(&t.created_at))
+                .push_bind(rfc3339(&t.updated_at))
+                .push_bind(t.execution_time);
+        })
+        .push(" ON CONFLICT DO NOTHING RETURNING task_id")
+        .build_query_scalar()
+        .fetch_all(&mut **tx)
+        .await?;
+        for id in ids {
+            inserted.insert(uuid(&id)?);
+        }
+    }
+    Ok(inserted)
 }
 
 /// Read, inside `tx`, what a batch needs to plan: the stored state of each
@@ -346,27 +355,41 @@ async fn write_batch(
     plan: &BatchPlan,
     events: &[StoredEvent],
 ) -> Result<()> {
-    for (task_id, u) in plan.task_updates() {
-        sqlx::query(
-            "UPDATE tasks SET state = ?, result = COALESCE(?, result), error = COALESCE(?, error), \
-             execution_time = COALESCE(?, execution_time), updated_at = ? WHERE task_id = ?",
-        )
-        .bind(u.state.as_str())
-        .bind(&u.result)
-        .bind(&u.error)
-        .bind(u.execution_time)
-        .bind(rfc3339(&u.updated_at))
-        .bind(task_id.to_string())
-        .execute(&mut **tx)
-        .await?;
+    let tasks: Vec<_> = plan.task_updates().collect();
+    for chunk in tasks.chunks(1024) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "WITH v (task_id, state, result, error, execution_time, updated_at) AS (",
+        );
+        q.push_values(chunk, |mut row, (task_id, u)| {
+            row.push_bind(task_id.to_string())
+                .push_bind(u.state.as_str())
+                .push_bind(u.result.as_deref())
+                .push_bind(u.error.as_deref())
+                .push_bind(u.execution_time)
+                .push_bind(rfc3339(&u.updated_at));
+        });
+        q.push(
+            ") UPDATE tasks SET state = v.state, result = COALESCE(v.result, tasks.result), \
+             error = COALESCE(v.error, tasks.error), \
+             execution_time = COALESCE(v.execution_time, tasks.execution_time), \
+             updated_at = v.updated_at FROM v WHERE tasks.task_id = v.task_id",
+        );
+        q.build().execute(&mut **tx).await?;
     }
-    for (session_id, last_seq, at) in plan.session_updates() {
-        sqlx::query("UPDATE sessions SET last_seq = ?, last_activity = ? WHERE session_id = ?")
-            .bind(last_seq)
-            .bind(rfc3339(&at))
-            .bind(session_id.to_string())
-            .execute(&mut **tx)
-            .await?;
+    let sessions: Vec<_> = plan.session_updates().collect();
+    for chunk in sessions.chunks(1024) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("WITH v (session_id, last_seq, last_activity) AS (");
+        q.push_values(chunk, |mut row, (session_id, last_seq, at)| {
+            row.push_bind(session_id.to_string())
+                .push_bind(*last_seq)
+                .push_bind(rfc3339(at));
+        });
+        q.push(
+            ") UPDATE sessions SET last_seq = v.last_seq, last_activity = v.last_activity \
+             FROM v WHERE sessions.session_id = v.session_id",
+        );
+        q.build().execute(&mut **tx).await?;
     }
     // Six parameters a row, well under SQLite's limit of 32,766 a statement.
     for chunk in events.chunks(1024) {
@@ -602,19 +625,25 @@ impl Store for SqliteStore {
         // The one writer connection holds the write lock for the whole
         // batch, so each row is read once here and written once at the end.
         let mut plan = plan_batch(&mut tx, &batch).await?;
+        let new_tasks: Vec<&Task> = batch
+            .iter()
+            .filter_map(|a| match &a.change {
+                TaskChange::Insert(t) => Some(&**t),
+                _ => None,
+            })
+            .collect();
+        let mut inserted = insert_tasks(&mut tx, &new_tasks).await?;
         let mut results = Vec::with_capacity(batch.len());
         let mut stored = Vec::with_capacity(batch.len());
         let mut audit_new = Vec::new();
         for a in batch {
             // The condition first: a refused change must not consume a seq.
             let verdict = match &a.change {
-                TaskChange::Insert(t) => {
-                    let inserted = insert_task(&mut tx, t).await?;
-                    if inserted.is_ok() {
-                        plan.inserted(t.task_id, t.state);
-                    }
-                    inserted
+                TaskChange::Insert(t) if inserted.remove(&t.task_id) => {
+                    plan.inserted(t.task_id, t.state);
+                    Ok(())
                 }
+                TaskChange::Insert(_) => Err(Rejected::Duplicate),
                 change => plan.apply(a.task_id, change, a.at),
             };
             if let Err(rejected) = verdict {
