@@ -6,7 +6,8 @@
 //! `switchboard_events_stored_total`, `switchboard_events_published_total`,
 //! `switchboard_events_delivered_total{transport}`,
 //! `switchboard_subscriber_lagged_total`, `switchboard_ws_ops_total{op}`,
-//! `switchboard_denied_total{action}`, `switchboard_commit_batch_size`.
+//! `switchboard_denied_total{action}`, `switchboard_commit_batch_size`,
+//! `switchboard_commit_seconds` (time to commit one batch of events).
 
 use std::sync::OnceLock;
 

@@ -55,10 +55,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // The writer commits batches of hundreds of rows: statement journals
+        // in memory rather than temp files, and a page cache (32 MiB) that
+        // holds the hot ends of the events and tasks indexes.
+        let writer_options = options
+            .clone()
+            .pragma("temp_store", "memory")
+            .pragma("cache_size", "-32768");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .connect_with(writer_options)
             .await?;
         sqlx::migrate!("src/store/migrations/sqlite")
             .run(&writer)

@@ -80,7 +80,10 @@ async fn commit(store: &dyn Store, batch: &mut Vec<(Append, Reply)>) {
     let (appends, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
     metrics::histogram!("switchboard_commit_batch_size").record(appends.len() as f64);
     let retry = (appends.len() > 1).then(|| appends.clone());
-    match store.append(appends).await {
+    let started = std::time::Instant::now();
+    let outcome = store.append(appends).await;
+    metrics::histogram!("switchboard_commit_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(result));
