@@ -257,22 +257,8 @@ pub async fn follow_until(
         };
         tokio::select! {
             event = ws.next_event() => {
-                let event = event?;
-                if event.task_id != Some(task_id) {
-                    continue;
-                }
-                if let Some(state) = printer.event(&event) {
-                    printer.finish();
-                    return Ok(Followed::Ended(state));
-                }
-                if event.state() == Some("waiting") {
-                    if stop_at_waiting {
-                        printer.finish();
-                        return Ok(Followed::Waiting);
-                    }
-                    printer.hint(&format!(
-                        "answer with: switchboard approve {task_id} (or deny {task_id})"
-                    ));
+                if let Some(end) = on_event(&event?, task_id, printer, stop_at_waiting) {
+                    return Ok(end);
                 }
             }
             _ = sigint.recv() => match (on_interrupt, interrupted) {
@@ -291,19 +277,58 @@ pub async fn follow_until(
             },
             _ = tokio::time::sleep_until(cancel_at.unwrap_or_else(Instant::now)), if cancel_at.is_some() => {
                 interrupted = Interrupted::Cancelling;
-                printer.dim_notice("cancelling the task (Ctrl-C again to detach)");
-                tokio::select! {
-                    r = ws.call(json!({"op": "task.cancel", "task_id": task_id})) => match r {
-                        // Already over: its final event is on its way.
-                        Err(e) if e.code() == "invalid_transition" => {}
-                        Err(e) => return Err(e),
-                        Ok(_) => {}
-                    },
-                    _ = sigint.recv() => return Ok(detach(printer, task_id, "the cancel was sent")),
+                if let Some(end) = cancel(ws, task_id, printer, sigint).await? {
+                    return Ok(end);
                 }
             }
             _ = tick.tick(), if printer.wants_spinner() => printer.tick(),
         }
+    }
+}
+
+/// Print an event of the followed task; how following ends, if it does.
+fn on_event(
+    event: &Event,
+    task_id: Uuid,
+    printer: &mut TaskPrinter,
+    stop_at_waiting: bool,
+) -> Option<Followed> {
+    if event.task_id != Some(task_id) {
+        return None;
+    }
+    if let Some(state) = printer.event(event) {
+        printer.finish();
+        return Some(Followed::Ended(state));
+    }
+    if event.state() == Some("waiting") {
+        if stop_at_waiting {
+            printer.finish();
+            return Some(Followed::Waiting);
+        }
+        printer.hint(&format!(
+            "answer with: switchboard approve {task_id} (or deny {task_id})"
+        ));
+    }
+    None
+}
+
+/// Send `task.cancel`; the task's final event follows on the stream. A
+/// Ctrl-C while waiting for the reply detaches.
+async fn cancel(
+    ws: &mut Ws,
+    task_id: Uuid,
+    printer: &mut TaskPrinter,
+    sigint: &mut Signal,
+) -> Result<Option<Followed>, CliError> {
+    printer.dim_notice("cancelling the task (Ctrl-C again to detach)");
+    tokio::select! {
+        r = ws.call(json!({"op": "task.cancel", "task_id": task_id})) => match r {
+            // Already over: its final event is on its way.
+            Err(e) if e.code() == "invalid_transition" => Ok(None),
+            Err(e) => Err(e),
+            Ok(_) => Ok(None),
+        },
+        _ = sigint.recv() => Ok(Some(detach(printer, task_id, "the cancel was sent"))),
     }
 }
 
