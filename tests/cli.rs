@@ -1,17 +1,26 @@
 //! The client commands of the binary, each against a real node: spawned as
 //! a child process with its own HOME and XDG_CONFIG_HOME, judged by its
-//! stdout, stderr and exit code.
+//! stdout, stderr and exit code. `https://` nodes are real nodes behind a
+//! TLS terminator in this file, with certificates made by `rcgen`.
 
 mod common;
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchboard::cli::CliError;
+use switchboard::cli::client::Ws;
+use switchboard::cli::config::Target;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A user of the client with a home directory of their own.
 struct Client {
@@ -53,6 +62,8 @@ impl Client {
             .env("NO_COLOR", "1")
             .env_remove("SWITCHBOARD_SERVER")
             .env_remove("SWITCHBOARD_TOKEN")
+            .env_remove("SWITCHBOARD_CA_CERT")
+            .env_remove("SWITCHBOARD_CTRL_C_WINDOW_MS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -816,6 +827,442 @@ async fn ctrl_c_in_attach_detaches() {
     assert!(
         ["running", "completed"].contains(&state["state"].as_str().unwrap()),
         "{state}"
+    );
+    server.stop().await;
+}
+
+/// A private CA, and a certificate for `127.0.0.1` and `localhost` that it
+/// signed.
+struct Pki {
+    /// The CA certificate, PEM: what `--ca-cert` is given.
+    ca_pem: String,
+    /// The node's certificate.
+    cert: CertificateDer<'static>,
+    /// Its key.
+    key: PrivateKeyDer<'static>,
+}
+
+fn make_pki(name: &str) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, name);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        cert: cert.der().clone(),
+        key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    }
+}
+
+/// A TLS terminator in front of a node, as a reverse proxy would be:
+/// `https://127.0.0.1:PORT` (and `wss://`) to the node's plain port.
+struct TlsProxy {
+    /// `https://127.0.0.1:PORT`.
+    base: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        // Dropping the accept loop drops its connections' JoinSet too.
+        self.task.abort();
+    }
+}
+
+async fn tls_proxy(node_base: &str, pki: &Pki) -> TlsProxy {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], pki.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let node = node_base.strip_prefix("http://").unwrap().to_owned();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let node = node.clone();
+            conns.spawn(async move {
+                // A client that refuses the certificate ends the handshake:
+                // nothing to forward.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut upstream) = TcpStream::connect(&node).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    TlsProxy { base, task }
+}
+
+/// `login --ca-cert` against an `https://` node stores the CA with the
+/// server; then `run` (REST, then `wss://`), `watch` and `tasks` go through
+/// TLS with no flags; `SWITCHBOARD_CA_CERT` works for a URL used directly.
+#[tokio::test]
+async fn https_node_with_a_private_ca() {
+    let server = TestServer::spawn().await;
+    let pki = make_pki("switchboard test CA");
+    let proxy = tls_proxy(&server.base, &pki).await;
+    let c = Client::new();
+    let ca = c.home.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let out = c
+        .run(&[
+            "login",
+            "--server",
+            &proxy.base,
+            "--name",
+            "tls",
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "--token",
+            ADMIN_TOKEN,
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let text = std::fs::read_to_string(c.config_file()).unwrap();
+    assert!(
+        text.contains(&proxy.base) && text.contains(&format!("ca_cert = \"{}\"", ca.display())),
+        "{text}"
+    );
+
+    let prompt = "over https and wss, in chunks";
+    let out = c
+        .run(&["run", "echo", prompt, "--param", "chunk_size=4"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, prompt);
+    assert!(out.stderr.contains("completed"), "{out:?}");
+
+    let out = c.run(&["run", "--json", "echo", "watch me over tls"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let events = out.json_lines();
+    let session = events[0]["stream"].as_str().unwrap()["session:".len()..].to_owned();
+    let after = (events[0]["seq"].as_i64().unwrap() - 1).to_string();
+    let watched = c
+        .run(&[
+            "watch",
+            "--json",
+            "--session",
+            &session,
+            "--after-seq",
+            &after,
+            "--count",
+            &events.len().to_string(),
+        ])
+        .await;
+    assert_eq!(watched.code, 0, "{watched:?}");
+    assert_eq!(watched.json_lines(), events);
+    let tasks = c.run(&["tasks", "--json"]).await;
+    assert_eq!(tasks.code, 0, "{tasks:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(tasks.stdout.trim()).unwrap()[0]["state"],
+        "completed"
+    );
+
+    // A URL used directly, the CA from the environment.
+    let direct = Client::of(&proxy.base, ADMIN_TOKEN);
+    let child = direct
+        .command(&["run", "echo", "by url"])
+        .env("SWITCHBOARD_CA_CERT", &ca)
+        .spawn()
+        .unwrap();
+    let out = finish(child).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "by url");
+    server.stop().await;
+}
+
+/// A certificate the client does not trust (no `--ca-cert`, or another
+/// CA's) is a clear error with exit code 3, never a panic; nothing is
+/// stored. A `--ca-cert` file without a certificate is a usage error (2).
+#[tokio::test]
+async fn untrusted_certificates_are_refused_clearly() {
+    let server = TestServer::spawn().await;
+    let pki = make_pki("switchboard test CA");
+    let proxy = tls_proxy(&server.base, &pki).await;
+    let c = Client::new();
+    let login = ["login", "--server", &proxy.base, "--token", ADMIN_TOKEN];
+    let out = c.run(&login).await;
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "cannot connect securely to {}: the node's TLS certificate is not trusted",
+            proxy.base
+        )) && out.stderr.contains("--ca-cert"),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+    assert!(!c.config_file().exists());
+
+    let other = c.home.path().join("other-ca.pem");
+    std::fs::write(&other, make_pki("some other CA").ca_pem).unwrap();
+    let out = Client::of(&proxy.base, ADMIN_TOKEN)
+        .run(&[
+            "run",
+            "--json",
+            "--ca-cert",
+            other.to_str().unwrap(),
+            "echo",
+            "hi",
+        ])
+        .await;
+    assert_eq!(out.code, 3, "{out:?}");
+    let err: Value = serde_json::from_str(out.stderr.trim()).unwrap();
+    assert_eq!(err["error"]["code"], "tls", "{out:?}");
+    // The socket (`wss://`) says the same as REST.
+    let target = Target::new(proxy.base.clone(), ADMIN_TOKEN.into(), Some(&other)).unwrap();
+    match Ws::connect(&target, None, None).await {
+        Err(e @ CliError::Tls { .. }) => assert!(e.to_string().contains("--ca-cert"), "{e}"),
+        Err(e) => panic!("not a TLS error: {e:?}"),
+        Ok(_) => panic!("connected through an untrusted certificate"),
+    }
+
+    let junk = c.home.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let mut args = login.to_vec();
+    args.extend(["--ca-cert", junk.to_str().unwrap()]);
+    let out = c.run(&args).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("junk.pem"), "{out:?}");
+    assert!(out.stderr.contains("no certificate"), "{out:?}");
+    server.stop().await;
+}
+
+/// The session id the client config remembers for `user` on `base`.
+fn remembered(c: &Client, base: &str, user: &str) -> Option<String> {
+    let text = std::fs::read_to_string(c.config_file()).ok()?;
+    let config: toml::Table = toml::from_str(&text).unwrap();
+    config
+        .get("sessions")?
+        .get(base)?
+        .get(user)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// `run`, `console` and `watch --audit` reuse one session per (node, user),
+/// remembered in the 0600 config file; a remembered session that was ended,
+/// or that the node does not know, is replaced by a new one.
+#[tokio::test]
+async fn commands_reuse_one_session() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::spawn().await;
+    let dev = server.user("dev@team.com", &["developer"]).await;
+    let c = Client::of(&server.base, &dev);
+    for prompt in ["first", "second"] {
+        let out = c.run(&["run", "echo", prompt]).await;
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.stdout, prompt);
+    }
+    let out = c
+        .run_with_stdin(&["console"], "third, from the console\n/quit\n")
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (_, sessions) = server.get("/api/runtime/sessions", &dev).await;
+    let sessions = sessions.as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let sid = sessions[0]["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        remembered(&c, &server.base, "dev@team.com").as_deref(),
+        Some(sid.as_str())
+    );
+    let meta = std::fs::metadata(c.config_file()).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let (_, tasks) = server
+        .get(&format!("/api/runtime/tasks?session_id={sid}"), &dev)
+        .await;
+    assert_eq!(tasks.as_array().unwrap().len(), 3, "{tasks}");
+
+    // The admin's `watch --audit` reuses the admin's session the same way.
+    let admin = Client::of(&server.base, ADMIN_TOKEN);
+    let watch = ["watch", "--audit", "--after-seq", "0", "--count", "1"];
+    assert_eq!(admin.run(&watch).await.code, 0);
+    assert_eq!(admin.run(&watch).await.code, 0);
+    let (_, all) = server.get("/api/runtime/sessions", ADMIN_TOKEN).await;
+    let admins = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["user_id"] == "admin")
+        .count();
+    assert_eq!(admins, 1, "{all}");
+
+    // Ended on the node: the next run moves to a new session.
+    let (status, _) = server
+        .delete(&format!("/api/runtime/sessions/{sid}"), &dev)
+        .await;
+    assert_eq!(status, 200);
+    let out = c.run(&["run", "echo", "after the end"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "after the end");
+    let renewed = remembered(&c, &server.base, "dev@team.com").unwrap();
+    assert_ne!(renewed, sid);
+    let (_, s) = server
+        .get(&format!("/api/runtime/sessions/{renewed}"), &dev)
+        .await;
+    assert_eq!(s["state"], "active", "{s}");
+
+    // Unknown to the node: replaced too.
+    let text = std::fs::read_to_string(c.config_file()).unwrap();
+    let bogus = "00000000-0000-4000-8000-000000000000";
+    std::fs::write(c.config_file(), text.replace(&renewed, bogus)).unwrap();
+    let out = c.run(&["run", "echo", "unknown before"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let replaced = remembered(&c, &server.base, "dev@team.com").unwrap();
+    assert!(replaced != bogus && replaced != renewed, "{replaced}");
+    let (_, sessions) = server.get("/api/runtime/sessions", &dev).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 3, "{sessions}");
+    server.stop().await;
+}
+
+/// `device list|approve|revoke` against a real node: an admin lists
+/// everyone's devices (`--user` narrows), approves and revokes; a
+/// non-admin sees only their own, may not approve (5), and cannot reach
+/// someone else's device (6). Revoking closes the device's live socket.
+#[tokio::test]
+async fn device_commands() {
+    let server = TestServer::spawn().await;
+    let dev = server.user("dev@team.com", &["developer"]).await;
+    let ops = server.user("ops@team.com", &["developer"]).await;
+    for (token, id, name) in [
+        (&dev, "laptop-1", "Dev laptop"),
+        (&ops, "phone-9", "Ops phone"),
+    ] {
+        let (status, body) = server
+            .post(
+                "/api/devices",
+                token,
+                json!({"device_id": id, "name": name}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let admin = Client::of(&server.base, ADMIN_TOKEN);
+    let out = admin.run(&["device", "list"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    for word in [
+        "laptop-1",
+        "dev@team.com",
+        "Dev laptop",
+        "phone-9",
+        "pending",
+    ] {
+        assert!(out.stdout.contains(word), "{word}: {out:?}");
+    }
+    let ids = |out: &Out| -> Vec<String> {
+        let list: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let out = admin
+        .run(&["device", "list", "--json", "--user", "ops@team.com"])
+        .await;
+    assert_eq!(ids(&out), ["phone-9"], "{out:?}");
+
+    let mine = Client::of(&server.base, &dev);
+    let out = mine.run(&["device", "list", "--json"]).await;
+    assert_eq!(ids(&out), ["laptop-1"], "{out:?}");
+    let out = mine.run(&["device", "approve", "laptop-1"]).await;
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains("forbidden: "), "{out:?}");
+    let out = mine.run(&["device", "revoke", "phone-9"]).await;
+    assert_eq!(out.code, 6, "{out:?}");
+
+    let out = admin.run(&["device", "approve", "laptop-1"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "laptop-1 trusted");
+    let (_, list) = server.get("/api/devices", &dev).await;
+    assert_eq!(list[0]["state"], "trusted", "{list}");
+    assert_eq!(list[0]["decided_by"], "admin", "{list}");
+    let out = admin.run(&["device", "approve", "no-such-device"]).await;
+    assert_eq!(out.code, 6, "{out:?}");
+
+    let (mut ws, _) = server.ws(&dev, json!({"device_id": "laptop-1"})).await;
+    let out = admin.run(&["device", "revoke", "laptop-1", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let revoked: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(ws.closed().await, Closed::Code(4401));
+    server.stop().await;
+}
+
+/// Two quick Ctrl-Cs in `run` detach without cancelling: exit 130, and
+/// the task runs on to `completed` on the node. (The window between them
+/// is widened so that a slow machine cannot turn this into a cancel.)
+#[tokio::test]
+async fn second_ctrl_c_detaches_without_cancelling() {
+    let server = TestServer::spawn().await;
+    let c = Client::of(&server.base, ADMIN_TOKEN);
+    let prompt = "w".repeat(150);
+    let mut child = c
+        .command(&[
+            "run",
+            "echo",
+            &prompt,
+            "--param",
+            "chunk_size=1",
+            "--param",
+            "delay_ms=20",
+        ])
+        .env("SWITCHBOARD_CTRL_C_WINDOW_MS", "600000")
+        .spawn()
+        .unwrap();
+    read_some(&mut child, 3).await;
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    sigint(&child);
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(WAIT, stderr.next_line())
+            .await
+            .expect("no notice in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("stderr ended: {seen:?}"));
+        let done = line.contains("Ctrl-C again to detach");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    sigint(&child);
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("client did not exit")
+        .unwrap();
+    while let Some(line) = stderr.next_line().await.unwrap() {
+        seen.push(line);
+    }
+    assert_eq!(status.code(), Some(130), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("detached; the task goes on")),
+        "{seen:?}"
+    );
+    let task = newest_task(&server, ADMIN_TOKEN).await;
+    let id = task["task_id"].as_str().unwrap();
+    assert_eq!(
+        server.wait_terminal(ADMIN_TOKEN, id).await["state"],
+        "completed"
     );
     server.stop().await;
 }

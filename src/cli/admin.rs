@@ -86,10 +86,7 @@ pub enum DeviceCommand {
 }
 
 fn http(common: &Common) -> Result<Http, CliError> {
-    Ok(Http::new(&config::resolve(
-        common.server.as_deref(),
-        common.token.as_deref(),
-    )?))
+    Ok(Http::new(&config::resolve(common)?))
 }
 
 /// Print a user record.
@@ -241,22 +238,24 @@ pub async fn device(common: &Common, command: DeviceCommand, out: Out) -> Result
     let http = http(common)?;
     match command {
         DeviceCommand::List { user } => {
-            let q = user
-                .map(|u| format!("?user_id={}", encode(&u)))
-                .unwrap_or_default();
             let devices = http
-                .get(&format!("/api/devices{q}"))
+                .get("/api/devices")
                 .await
                 .map_err(|e| unsupported(e, true))?;
+            // `GET /api/devices` has no user filter (it lists everyone's
+            // for admin:users, one's own otherwise): `--user` filters here.
+            let items: Vec<Value> = devices
+                .as_array()
+                .or_else(|| devices["devices"].as_array())
+                .into_iter()
+                .flatten()
+                .filter(|d| user.as_deref().is_none_or(|u| d["user_id"] == u))
+                .cloned()
+                .collect();
             if out.json {
-                out.json_line(&devices);
+                out.json_line(&Value::Array(items));
                 return Ok(exit::OK);
             }
-            let items = devices
-                .as_array()
-                .cloned()
-                .or_else(|| devices["devices"].as_array().cloned())
-                .unwrap_or_default();
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|d| {

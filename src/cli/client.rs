@@ -1,5 +1,11 @@
 //! The two ways the client talks to a node: [`Http`] for one-shot REST calls
-//! and [`Ws`], a WebSocket connection that survives drops.
+//! and [`Ws`], a WebSocket connection that survives drops. Both speak TLS to
+//! an `https://` node (`wss://` for the socket) with the target's rustls
+//! configuration.
+//!
+//! Commands that need a connection but no particular session use
+//! [`Ws::connect_reusing`]: one session per (node, user), remembered in the
+//! config file, so that running commands does not pile up sessions.
 //!
 //! [`Ws`] remembers the last `seq` it delivered on every stream. When the
 //! connection drops (or the node restarts, or closes 4409 because this
@@ -22,7 +28,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 use crate::cli::CliError;
-use crate::cli::config::Target;
+use crate::cli::config::{self, Target};
 use crate::protocol::ws::HelloReply;
 
 /// Timeout of one REST request.
@@ -43,11 +49,16 @@ pub struct Http {
 impl Http {
     /// A client for `target`.
     pub fn new(target: &Target) -> Self {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(HTTP_TIMEOUT)
-            .user_agent(concat!("switchboard-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("switchboard-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = &target.tls {
+            // The same trust as the socket's, `--ca-cert` included.
+            builder = builder.use_preconfigured_tls((**tls).clone());
+        }
+        let client = builder
             .build()
-            .expect("a TLS-free reqwest client always builds");
+            .expect("reqwest takes a rustls 0.23 ClientConfig, the version we build");
         Http {
             target: target.clone(),
             client,
@@ -62,6 +73,15 @@ impl Http {
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
         self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// The caller's user id (`GET /api/me`).
+    pub async fn user_id(&self) -> Result<String, CliError> {
+        let me = self.get("/api/me").await?;
+        me["user_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CliError::Other(format!("unexpected /api/me reply: {me}")))
     }
 
     /// `POST path` with a JSON body.
@@ -193,6 +213,9 @@ pub struct Ws {
     events: VecDeque<Event>,
     next_id: u64,
     hello: Option<HelloReply>,
+    /// Whether the session is the user's reusable one, remembered in the
+    /// config file (and replaced there when it is renewed).
+    reusable: bool,
     /// Say on stderr when the connection drops and comes back.
     pub notices: bool,
 }
@@ -216,6 +239,7 @@ impl Ws {
             events: VecDeque::new(),
             next_id: 0,
             hello: None,
+            reusable: false,
             notices: true,
         };
         if let (Some(s), Some(after)) = (session, after_seq) {
@@ -223,6 +247,70 @@ impl Ws {
         }
         ws.open().await?;
         Ok(ws)
+    }
+
+    /// Connect in the user's reusable session on this node: the one the
+    /// config file remembers for (node, `user_id`), else a new one, which is
+    /// then remembered. A remembered session the node no longer knows (or
+    /// that is not this user's) is replaced by a new one.
+    pub async fn connect_reusing(target: &Target, user_id: &str) -> Result<Self, CliError> {
+        if let Some(sid) = config::remembered_session(&target.url, user_id) {
+            match Ws::connect(target, Some(sid), None).await {
+                Ok(mut ws) => {
+                    ws.reusable = true;
+                    return Ok(ws);
+                }
+                // The node closes the socket after a failed hello; a new
+                // connection opens a new session below.
+                Err(e) if e.code() == "not_found" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut ws = Ws::connect(target, None, None).await?;
+        ws.reusable = true;
+        ws.remember();
+        Ok(ws)
+    }
+
+    /// `task.submit` in this connection's session. A remembered session
+    /// that was ended since (the node answers `not_found`: submits need an
+    /// active session) is replaced by a new one, and the op sent again.
+    pub async fn submit(&mut self, op: Value) -> Result<Value, CliError> {
+        match self.call(op.clone()).await {
+            Err(e) if e.code() == "not_found" && self.reusable => {
+                if self.notices {
+                    eprintln!("switchboard: the remembered session has ended; opening a new one");
+                }
+                self.renew_session().await?;
+                self.call(op).await
+            }
+            other => other,
+        }
+    }
+
+    /// Move to a new session (remembered in place of the old one).
+    async fn renew_session(&mut self) -> Result<(), CliError> {
+        if let Some(mut s) = self.socket.take() {
+            let _ = s.close(None).await;
+        }
+        if let Some(old) = self.session_id.take() {
+            self.cursors.remove(&format!("session:{old}"));
+        }
+        self.open().await?;
+        self.remember();
+        Ok(())
+    }
+
+    /// Write the session into the config file for the next command. Reuse
+    /// is an economy, not a must: a file that cannot be written costs a
+    /// warning, not the command.
+    fn remember(&self) {
+        let hello = self.hello();
+        if let Err(e) =
+            config::remember_session(&self.target.url, &hello.user_id, Some(hello.session_id))
+        {
+            eprintln!("switchboard: warning: cannot remember the session for reuse: {e}");
+        }
     }
 
     /// The `hello` reply of the current connection.
@@ -346,9 +434,15 @@ impl Ws {
 
     /// Connect, hello, and re-subscribe; no retries.
     async fn open(&mut self) -> Result<(), CliError> {
-        let (mut socket, _) = tokio_tungstenite::connect_async(&self.url)
-            .await
-            .map_err(|e| CliError::unreachable(&self.target.url, &e))?;
+        let connector = self
+            .target
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let (mut socket, _) =
+            tokio_tungstenite::connect_async_tls_with_config(&self.url, None, false, connector)
+                .await
+                .map_err(|e| CliError::unreachable(&self.target.url, &e))?;
         let mut hello = json!({"op": "hello", "id": 0, "token": self.target.token});
         if let Some(sid) = self.session_id {
             hello["session_id"] = json!(sid);

@@ -1,4 +1,4 @@
-//! The client's stored servers and tokens:
+//! The client's stored servers, tokens and sessions:
 //! `$XDG_CONFIG_HOME/switchboard/servers.toml` (else `~/.config/...`), mode
 //! 0600 because it holds bearer tokens.
 //!
@@ -8,15 +8,23 @@
 //! [servers.prod]
 //! url = "https://switchboard.example.com"
 //! token = "sb_..."
+//! ca_cert = "/etc/ssl/private-ca.pem"   # optional: an extra CA to trust
+//!
+//! # The session each user reuses on each node, so that commands do not
+//! # open a new session per connection.
+//! [sessions."https://switchboard.example.com"]
+//! "dev@team.com" = "7a5ea4c1-..."
 //! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::cli::CliError;
+use crate::cli::{CliError, Common, tls};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -27,6 +35,11 @@ pub struct ClientConfig {
     /// Servers by name.
     #[serde(default)]
     pub servers: BTreeMap<String, ServerEntry>,
+    /// The session each user reuses on each node: node URL → user id →
+    /// session id. Kept apart from `servers` because a node used by URL
+    /// (`--server URL --token T`) has no entry there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sessions: BTreeMap<String, BTreeMap<String, Uuid>>,
 }
 
 /// One stored server.
@@ -36,6 +49,10 @@ pub struct ServerEntry {
     pub url: String,
     /// Bearer token.
     pub token: String,
+    /// A PEM file of extra CA certificates to trust for this node (an
+    /// absolute path), for a node with a private or self-signed certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl fmt::Debug for ServerEntry {
@@ -44,6 +61,7 @@ impl fmt::Debug for ServerEntry {
         f.debug_struct("ServerEntry")
             .field("url", &self.url)
             .field("token", &"<redacted>")
+            .field("ca_cert", &self.ca_cert)
             .finish()
     }
 }
@@ -84,7 +102,10 @@ impl ClientConfig {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         let text = toml::to_string_pretty(self).map_err(|e| CliError::Usage(e.to_string()))?;
-        let tmp = path.with_extension("toml.tmp");
+        // One temporary file per process: two commands may save at once
+        // (each remembering its session), and must not write into the same
+        // half-written file. The last rename wins, whole.
+        let tmp = path.with_extension(format!("toml.{}.tmp", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -149,32 +170,50 @@ pub fn name_from_url(url: &str) -> String {
     }
 }
 
-/// Which server and token a command talks to.
+/// Which server and token a command uses.
 #[derive(Clone)]
 pub struct Target {
     /// Base URL without a trailing slash.
     pub url: String,
     /// Bearer token.
     pub token: String,
+    /// The TLS configuration, for an `https://` node.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Target").field("url", &self.url).finish()
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("tls", &self.tls.is_some())
+            .finish()
     }
 }
 
-/// Resolve `--server` / `SWITCHBOARD_SERVER` and `--token` /
-/// `SWITCHBOARD_TOKEN` against the stored config. A flag or variable wins
-/// over the file; a URL with no stored token needs `--token`.
-pub fn resolve(server: Option<&str>, token: Option<&str>) -> Result<Target, CliError> {
+impl Target {
+    /// A target; for an `https://` URL the TLS configuration trusts the
+    /// public roots plus `ca_cert`, which must be a readable PEM file.
+    pub fn new(url: String, token: String, ca_cert: Option<&Path>) -> Result<Self, CliError> {
+        let tls = if url.starts_with("https://") {
+            Some(tls::client_config(ca_cert)?)
+        } else {
+            None
+        };
+        Ok(Target { url, token, tls })
+    }
+}
+
+/// Resolve `--server` / `SWITCHBOARD_SERVER`, `--token` /
+/// `SWITCHBOARD_TOKEN` and `--ca-cert` / `SWITCHBOARD_CA_CERT` against the
+/// stored config. A flag or variable wins over the file; a URL with no
+/// stored token needs `--token`.
+pub fn resolve(common: &Common) -> Result<Target, CliError> {
     let file = path()?;
     let config = ClientConfig::load(&file)?;
-    let (url, stored) = match server {
+    let (url, stored) = match common.server.as_deref() {
         Some(s) if looks_like_url(s) => {
             let url = normalize_url(s);
-            let stored = config.by_url(&url).map(|e| e.token.clone());
-            (url, stored)
+            (url.clone(), config.by_url(&url))
         }
         Some(name) => {
             let (_, e) = config.get(Some(name)).ok_or_else(|| {
@@ -183,7 +222,7 @@ pub fn resolve(server: Option<&str>, token: Option<&str>) -> Result<Target, CliE
                     file.display()
                 ))
             })?;
-            (normalize_url(&e.url), Some(e.token.clone()))
+            (normalize_url(&e.url), Some(e))
         }
         None => {
             let (_, e) = config.get(None).ok_or_else(|| {
@@ -192,19 +231,55 @@ pub fn resolve(server: Option<&str>, token: Option<&str>) -> Result<Target, CliE
                     file.display()
                 ))
             })?;
-            (normalize_url(&e.url), Some(e.token.clone()))
+            (normalize_url(&e.url), Some(e))
         }
     };
-    let token = token
-        .map(str::to_owned)
-        .or(stored)
+    let token = common
+        .token
+        .clone()
+        .or_else(|| stored.map(|e| e.token.clone()))
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             CliError::Usage(format!(
                 "no token for {url}: pass --token, set SWITCHBOARD_TOKEN, or run `switchboard login --server {url}`"
             ))
         })?;
-    Ok(Target { url, token })
+    let ca_cert = common
+        .ca_cert
+        .clone()
+        .or_else(|| stored.and_then(|e| e.ca_cert.clone()));
+    Target::new(url, token, ca_cert.as_deref())
+}
+
+/// The session `user_id` reuses on the node at `url`, if one is
+/// remembered. An unreadable file remembers nothing.
+pub fn remembered_session(url: &str, user_id: &str) -> Option<Uuid> {
+    let config = ClientConfig::load(&path().ok()?).ok()?;
+    config
+        .sessions
+        .get(&normalize_url(url))?
+        .get(user_id)
+        .copied()
+}
+
+/// Remember the session `user_id` reuses on the node at `url` (`None`:
+/// forget it). The file is only rewritten when something changed.
+pub fn remember_session(url: &str, user_id: &str, session: Option<Uuid>) -> Result<(), CliError> {
+    let file = path()?;
+    let mut config = ClientConfig::load(&file)?;
+    let url = normalize_url(url);
+    let by_user = config.sessions.entry(url.clone()).or_default();
+    let changed = match session {
+        Some(id) => by_user.insert(user_id.to_owned(), id) != Some(id),
+        None => by_user.remove(user_id).is_some(),
+    };
+    if by_user.is_empty() {
+        config.sessions.remove(&url);
+    }
+    if changed {
+        config.save(&file)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -220,6 +295,7 @@ mod tests {
             ServerEntry {
                 url: "http://a:1".into(),
                 token: "t".into(),
+                ca_cert: None,
             },
         );
         assert_eq!(c.get(None).unwrap().0, "a");
@@ -228,8 +304,14 @@ mod tests {
             ServerEntry {
                 url: "http://b:2/".into(),
                 token: "u".into(),
+                ca_cert: Some("/etc/ca.pem".into()),
             },
         );
+        let sid = Uuid::new_v4();
+        c.sessions
+            .entry("http://b:2".into())
+            .or_default()
+            .insert("dev@team.com".into(), sid);
         assert!(c.get(None).is_none());
         c.default = Some("b".into());
         assert_eq!(c.get(None).unwrap().0, "b");
@@ -237,6 +319,15 @@ mod tests {
         let text = toml::to_string_pretty(&c).unwrap();
         let back: ClientConfig = toml::from_str(&text).unwrap();
         assert_eq!(back.servers.len(), 2);
+        assert_eq!(back.sessions["http://b:2"]["dev@team.com"], sid);
+        assert_eq!(
+            back.servers["b"].ca_cert.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        // A file written before sessions and CA files existed still loads.
+        let old: ClientConfig =
+            toml::from_str("[servers.a]\nurl = \"http://a:1\"\ntoken = \"t\"\n").unwrap();
+        assert!(old.sessions.is_empty() && old.servers["a"].ca_cert.is_none());
         assert!(!format!("{:?}", back).contains("\"u\""));
     }
 

@@ -15,7 +15,7 @@ use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::cli::client::Ws;
+use crate::cli::client::{Http, Ws};
 use crate::cli::config;
 use crate::cli::output::{Out, Style, TaskPrinter};
 use crate::cli::run::{Followed, OnInterrupt, build_params, follow_until, interrupts};
@@ -128,10 +128,11 @@ struct Console {
 
 /// `switchboard console`.
 pub async fn console(common: &Common, args: ConsoleArgs, out: Out) -> Result<u8, CliError> {
-    let target = config::resolve(common.server.as_deref(), common.token.as_deref())?;
+    let target = config::resolve(common)?;
     let params = build_params(&args.param, args.params.as_deref())?;
     let sigint = interrupts()?;
-    let ws = Ws::connect(&target, None, None).await?;
+    let user = Http::new(&target).user_id().await?;
+    let ws = Ws::connect_reusing(&target, &user).await?;
     eprintln!(
         "Connected to {} as {}. Agent: {}. Type /help for commands.",
         out.paint_err(Style::Cyan, &target.url),
@@ -170,7 +171,9 @@ pub async fn console(common: &Common, args: ConsoleArgs, out: Out) -> Result<u8,
         // connection itself is gone for good.
         if let Err(e) = result {
             eprintln!("{}", c.out.paint_err(Style::Red, &format!("error: {e}")));
-            if matches!(e, CliError::Unreachable { .. }) || e.code() == "unauthorized" {
+            if matches!(e, CliError::Unreachable { .. } | CliError::Tls { .. })
+                || e.code() == "unauthorized"
+            {
                 return Err(e);
             }
         }
@@ -284,7 +287,7 @@ impl Console {
         if !self.params.is_empty() {
             op["params"] = Value::Object(self.params.clone());
         }
-        let task = self.ws.call(op).await?;
+        let task = self.ws.submit(op).await?;
         let id: Uuid = task["task_id"]
             .as_str()
             .and_then(|t| t.parse().ok())

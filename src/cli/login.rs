@@ -1,4 +1,5 @@
-//! `switchboard login`: verify a token with `GET /api/me` and store it.
+//! `switchboard login`: verify a token with `GET /api/me` and store it,
+//! with the extra CA certificate file (`--ca-cert`) the node needs, if any.
 
 use std::io::{BufRead, IsTerminal};
 
@@ -49,20 +50,33 @@ pub async fn login(common: &Common, args: LoginArgs, out: Out) -> Result<u8, Cli
             args.name.clone().unwrap_or(n.to_owned()),
         )
     };
+    // A new `--ca-cert` replaces the stored one; without it, logging in
+    // again to the same URL keeps it.
+    let ca_cert = match &common.ca_cert {
+        Some(p) => Some(
+            std::path::absolute(p)
+                .map_err(|e| CliError::Usage(format!("--ca-cert {}: {e}", p.display())))?,
+        ),
+        None => stored
+            .servers
+            .get(&name)
+            .filter(|e| config::normalize_url(&e.url) == url)
+            .and_then(|e| e.ca_cert.clone()),
+    };
+    // Checked before the token is asked for: a bad file needs no token.
+    let target = Target::new(url.clone(), String::new(), ca_cert.as_deref())?;
     let token = match common.token.clone().filter(|t| !t.is_empty()) {
         Some(t) => t,
         None => prompt_token(&url)?,
     };
-    let target = Target {
-        url: url.clone(),
-        token: token.clone(),
-    };
+    let target = Target { token, ..target };
     let me = Http::new(&target).get("/api/me").await?;
     stored.servers.insert(
         name.clone(),
         ServerEntry {
             url: url.clone(),
-            token,
+            token: target.token.clone(),
+            ca_cert: ca_cert.clone(),
         },
     );
     if args.default || stored.default.is_none() {
@@ -77,6 +91,7 @@ pub async fn login(common: &Common, args: LoginArgs, out: Out) -> Result<u8, Cli
             "roles": me["roles"],
             "default": stored.default.as_deref() == Some(name.as_str()),
             "config": path.display().to_string(),
+            "ca_cert": ca_cert.as_ref().map(|p| p.display().to_string()),
         }));
     } else {
         println!(
@@ -87,6 +102,9 @@ pub async fn login(common: &Common, args: LoginArgs, out: Out) -> Result<u8, Cli
             name,
             path.display()
         );
+        if let Some(ca) = &ca_cert {
+            println!("Trusting the CA certificate(s) in {}", ca.display());
+        }
     }
     Ok(exit::OK)
 }

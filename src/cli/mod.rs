@@ -1,10 +1,12 @@
 //! The `switchboard` binary as a terminal client of any node, local or
 //! remote. `protocol/cli.md` documents every command, flag and exit code.
 //!
-//! - [`config`]: stored servers and tokens (`servers.toml`, mode 0600) and
-//!   which server and token a command uses.
-//! - [`client`]: REST calls, and a WebSocket connection that reconnects and
-//!   resumes with `hello` `session_id` + `after_seq`.
+//! - [`config`]: stored servers, tokens and reused sessions (`servers.toml`,
+//!   mode 0600) and which server and token a command uses.
+//! - [`client`]: REST calls, and a WebSocket connection that reuses the
+//!   user's session on the node, reconnects and resumes with `hello`
+//!   `session_id` + `after_seq`.
+//! - [`tls`]: `https://` and `wss://` with rustls, and `--ca-cert`.
 //! - One file per command group: [`login`], [`run`] (`run`, `attach`),
 //!   [`watch`], [`tasks`] (tasks, cancel, approve, deny, agents, skills,
 //!   sessions), [`admin`] (users, devices), [`console`].
@@ -18,9 +20,11 @@ pub mod login;
 pub mod output;
 pub mod run;
 pub mod tasks;
+pub mod tls;
 pub mod watch;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -35,7 +39,7 @@ pub mod exit {
     pub const TASK_FAILED: u8 = 1;
     /// Bad usage or a local problem (flags, config file, stdin).
     pub const USAGE: u8 = 2;
-    /// The node could not be reached.
+    /// The node could not be reached (or not securely: TLS failed).
     pub const UNREACHABLE: u8 = 3;
     /// The token was refused (401).
     pub const UNAUTHORIZED: u8 = 4;
@@ -72,6 +76,11 @@ pub struct Common {
     /// Client commands: print JSON (one object per line for streams).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Client commands: a PEM file of CA certificates to trust besides the
+    /// public ones, for an https:// node with a private or self-signed
+    /// certificate (`login` stores it with the server).
+    #[arg(long, global = true, env = "SWITCHBOARD_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The client commands.
@@ -180,6 +189,14 @@ pub enum CliError {
         /// Why, e.g. "connection refused".
         reason: String,
     },
+    /// No trusted TLS connection could be made (most often: the node's
+    /// certificate is not signed by a CA the client trusts).
+    Tls {
+        /// The node's base URL.
+        url: String,
+        /// What went wrong, and the fix.
+        reason: String,
+    },
     /// The node answered with an error.
     Server {
         /// The HTTP status, when the error came over REST.
@@ -198,6 +215,12 @@ pub enum CliError {
 impl CliError {
     /// A connection failure, worded from the innermost cause.
     pub fn unreachable(url: &str, err: &(dyn std::error::Error + 'static)) -> Self {
+        if let Some(tls) = tls::tls_cause(err) {
+            return CliError::Tls {
+                url: url.to_owned(),
+                reason: tls::describe(tls),
+            };
+        }
         let mut reason = err.to_string();
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
         while let Some(e) = cur {
@@ -250,6 +273,7 @@ impl CliError {
         match self {
             CliError::Usage(_) => "usage",
             CliError::Unreachable { .. } => "unreachable",
+            CliError::Tls { .. } => "tls",
             CliError::Server { code, .. } => code,
             CliError::Other(_) => "error",
         }
@@ -259,7 +283,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) | CliError::Other(_) => exit::USAGE,
-            CliError::Unreachable { .. } => exit::UNREACHABLE,
+            CliError::Unreachable { .. } | CliError::Tls { .. } => exit::UNREACHABLE,
             CliError::Server { code, .. } => match code.as_str() {
                 "unauthorized" => exit::UNAUTHORIZED,
                 "forbidden" => exit::FORBIDDEN,
@@ -284,6 +308,9 @@ impl fmt::Display for CliError {
         match self {
             CliError::Usage(m) | CliError::Other(m) => f.write_str(m),
             CliError::Unreachable { url, reason } => write!(f, "cannot reach {url}: {reason}"),
+            CliError::Tls { url, reason } => {
+                write!(f, "cannot connect securely to {url}: {reason}")
+            }
             CliError::Server {
                 code, message, url, ..
             } => match code.as_str() {

@@ -6,12 +6,27 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::cli::client::{Event, Http, Ws, is_terminal};
 use crate::cli::config::{self, Target};
 use crate::cli::output::{Out, Style, TaskPrinter};
 use crate::cli::{CliError, Common, exit, exit_for_state};
+
+/// How long after a first Ctrl-C `run` (and `console`) waits before
+/// cancelling the task: a second Ctrl-C within it detaches instead and
+/// leaves the task running. `SWITCHBOARD_CTRL_C_WINDOW_MS` overrides it.
+const CTRL_C_WINDOW: Duration = Duration::from_millis(1000);
+
+/// The Ctrl-C window in force.
+fn ctrl_c_window() -> Duration {
+    std::env::var("SWITCHBOARD_CTRL_C_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(CTRL_C_WINDOW)
+}
 
 /// `run` arguments.
 #[derive(Debug, clap::Args)]
@@ -108,7 +123,7 @@ async fn agent_for_skill(target: &Target, skill: &str) -> Result<String, CliErro
 
 /// `switchboard run`.
 pub async fn run(common: &Common, args: RunArgs, out: Out) -> Result<u8, CliError> {
-    let target = config::resolve(common.server.as_deref(), common.token.as_deref())?;
+    let target = config::resolve(common)?;
     let (agent, prompt) = match (&args.skill, args.args.as_slice()) {
         (_, [agent, prompt]) => (agent.clone(), prompt.clone()),
         (Some(skill), [prompt]) => (agent_for_skill(&target, skill).await?, prompt.clone()),
@@ -122,7 +137,8 @@ pub async fn run(common: &Common, args: RunArgs, out: Out) -> Result<u8, CliErro
     let params = build_params(&args.param, args.params.as_deref())?;
     // Installed before anything is sent, so no Ctrl-C is missed.
     let mut sigint = interrupts()?;
-    let mut ws = Ws::connect(&target, None, None).await?;
+    let user = Http::new(&target).user_id().await?;
+    let mut ws = Ws::connect_reusing(&target, &user).await?;
     let mut op = json!({
         "op": "task.submit",
         "agent_type": agent,
@@ -136,7 +152,7 @@ pub async fn run(common: &Common, args: RunArgs, out: Out) -> Result<u8, CliErro
     if let Some(skill) = &args.skill {
         op["context"] = json!({"skill": skill});
     }
-    let task = ws.call(op).await?;
+    let task = ws.submit(op).await?;
     let task_id: Uuid = task["task_id"]
         .as_str()
         .and_then(|t| t.parse().ok())
@@ -179,7 +195,8 @@ pub fn interrupts() -> Result<Signal, CliError> {
 /// What the first Ctrl-C does while following a task.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OnInterrupt {
-    /// Cancel the task on the node; a second Ctrl-C detaches.
+    /// Cancel the task on the node once the Ctrl-C window has passed; a
+    /// second Ctrl-C detaches (within the window: without cancelling).
     Cancel,
     /// Stop following; the task goes on.
     Detach,
@@ -209,6 +226,18 @@ pub async fn follow(
     }
 }
 
+/// Where a Ctrl-C left a followed task.
+#[derive(Debug, Clone, Copy)]
+enum Interrupted {
+    /// No Ctrl-C yet.
+    No,
+    /// One Ctrl-C: the task is cancelled at this instant unless another
+    /// comes first.
+    CancelAt(Instant),
+    /// The cancel was sent.
+    Cancelling,
+}
+
 /// Print the task's events until it ends, the user detaches, or (with
 /// `stop_at_waiting`) it waits for an approval.
 pub async fn follow_until(
@@ -219,43 +248,37 @@ pub async fn follow_until(
     on_interrupt: OnInterrupt,
     stop_at_waiting: bool,
 ) -> Result<Followed, CliError> {
-    let mut cancelling = false;
+    let mut interrupted = Interrupted::No;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
+        let cancel_at = match interrupted {
+            Interrupted::CancelAt(at) => Some(at),
+            _ => None,
+        };
         tokio::select! {
             event = ws.next_event() => {
-                let event = event?;
-                if event.task_id != Some(task_id) {
-                    continue;
-                }
-                if let Some(state) = printer.event(&event) {
-                    printer.finish();
-                    return Ok(Followed::Ended(state));
-                }
-                if event.state() == Some("waiting") {
-                    if stop_at_waiting {
-                        printer.finish();
-                        return Ok(Followed::Waiting);
-                    }
-                    printer.hint(&format!(
-                        "answer with: switchboard approve {task_id} (or deny {task_id})"
-                    ));
+                if let Some(end) = on_event(&event?, task_id, printer, stop_at_waiting) {
+                    return Ok(end);
                 }
             }
-            _ = sigint.recv() => {
-                if on_interrupt == OnInterrupt::Detach || cancelling {
-                    return Ok(detach(printer, task_id));
+            _ = sigint.recv() => match (on_interrupt, interrupted) {
+                (OnInterrupt::Cancel, Interrupted::No) => {
+                    let window = ctrl_c_window();
+                    interrupted = Interrupted::CancelAt(Instant::now() + window);
+                    printer.dim_notice(&format!(
+                        "cancelling the task in {:.1} s (Ctrl-C again to detach and leave it running)",
+                        window.as_secs_f64()
+                    ));
                 }
-                cancelling = true;
-                printer.dim_notice("cancelling the task (Ctrl-C again to detach)");
-                tokio::select! {
-                    r = ws.call(json!({"op": "task.cancel", "task_id": task_id})) => match r {
-                        // Already over: its final event is on its way.
-                        Err(e) if e.code() == "invalid_transition" => {}
-                        Err(e) => return Err(e),
-                        Ok(_) => {}
-                    },
-                    _ = sigint.recv() => return Ok(detach(printer, task_id)),
+                (_, Interrupted::Cancelling) => {
+                    return Ok(detach(printer, task_id, "the cancel was sent"));
+                }
+                _ => return Ok(detach(printer, task_id, "the task goes on")),
+            },
+            _ = tokio::time::sleep_until(cancel_at.unwrap_or_else(Instant::now)), if cancel_at.is_some() => {
+                interrupted = Interrupted::Cancelling;
+                if let Some(end) = cancel(ws, task_id, printer, sigint).await? {
+                    return Ok(end);
                 }
             }
             _ = tick.tick(), if printer.wants_spinner() => printer.tick(),
@@ -263,10 +286,54 @@ pub async fn follow_until(
     }
 }
 
-fn detach(printer: &mut TaskPrinter, task_id: Uuid) -> Followed {
-    printer.notice(&format!(
-        "detached; the task goes on: switchboard attach {task_id}"
-    ));
+/// Print an event of the followed task; how following ends, if it does.
+fn on_event(
+    event: &Event,
+    task_id: Uuid,
+    printer: &mut TaskPrinter,
+    stop_at_waiting: bool,
+) -> Option<Followed> {
+    if event.task_id != Some(task_id) {
+        return None;
+    }
+    if let Some(state) = printer.event(event) {
+        printer.finish();
+        return Some(Followed::Ended(state));
+    }
+    if event.state() == Some("waiting") {
+        if stop_at_waiting {
+            printer.finish();
+            return Some(Followed::Waiting);
+        }
+        printer.hint(&format!(
+            "answer with: switchboard approve {task_id} (or deny {task_id})"
+        ));
+    }
+    None
+}
+
+/// Send `task.cancel`; the task's final event follows on the stream. A
+/// Ctrl-C while waiting for the reply detaches.
+async fn cancel(
+    ws: &mut Ws,
+    task_id: Uuid,
+    printer: &mut TaskPrinter,
+    sigint: &mut Signal,
+) -> Result<Option<Followed>, CliError> {
+    printer.dim_notice("cancelling the task (Ctrl-C again to detach)");
+    tokio::select! {
+        r = ws.call(json!({"op": "task.cancel", "task_id": task_id})) => match r {
+            // Already over: its final event is on its way.
+            Err(e) if e.code() == "invalid_transition" => Ok(None),
+            Err(e) => Err(e),
+            Ok(_) => Ok(None),
+        },
+        _ = sigint.recv() => Ok(Some(detach(printer, task_id, "the cancel was sent"))),
+    }
+}
+
+fn detach(printer: &mut TaskPrinter, task_id: Uuid, how: &str) -> Followed {
+    printer.notice(&format!("detached; {how}: switchboard attach {task_id}"));
     Followed::Detached
 }
 
@@ -301,7 +368,7 @@ fn stored_event(detail: &Value, e: &Value, prev_state: &mut Option<String>) -> E
 
 /// `switchboard attach`.
 pub async fn attach(common: &Common, args: AttachArgs, out: Out) -> Result<u8, CliError> {
-    let target = config::resolve(common.server.as_deref(), common.token.as_deref())?;
+    let target = config::resolve(common)?;
     let mut sigint = interrupts()?;
     let http = Http::new(&target);
     let detail = http
@@ -327,13 +394,13 @@ pub async fn attach(common: &Common, args: AttachArgs, out: Out) -> Result<u8, C
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| CliError::Other("the task has no session_id".into()))?;
-    let me = http.get("/api/me").await?;
+    let me = http.user_id().await?;
     // One's own session can be attached to directly; someone else's stream
     // (for an admin) is subscribed from a session of one's own.
-    let mut ws = if me["user_id"] == detail["user_id"] {
+    let mut ws = if detail["user_id"] == me.as_str() {
         Ws::connect(&target, Some(session), Some(last_seq)).await?
     } else {
-        let mut ws = Ws::connect(&target, None, None).await?;
+        let mut ws = Ws::connect_reusing(&target, &me).await?;
         ws.subscribe(&format!("session:{session}"), Some(last_seq))
             .await?;
         ws

@@ -28,10 +28,7 @@ pub struct TasksArgs {
 }
 
 fn http(common: &Common) -> Result<Http, CliError> {
-    Ok(Http::new(&config::resolve(
-        common.server.as_deref(),
-        common.token.as_deref(),
-    )?))
+    Ok(Http::new(&config::resolve(common)?))
 }
 
 /// A query string from optional pairs.

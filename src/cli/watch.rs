@@ -29,11 +29,11 @@ pub struct WatchArgs {
 
 /// `switchboard watch`.
 pub async fn watch(common: &Common, args: WatchArgs, out: Out) -> Result<u8, CliError> {
-    let target = config::resolve(common.server.as_deref(), common.token.as_deref())?;
+    let target = config::resolve(common)?;
     let mut sigint = interrupts()?;
     let http = Http::new(&target);
     let (mut ws, stream) = if args.audit {
-        let mut ws = Ws::connect(&target, None, None).await?;
+        let mut ws = Ws::connect_reusing(&target, &http.user_id().await?).await?;
         ws.subscribe("audit", args.after_seq).await?;
         (ws, "audit".to_owned())
     } else {
@@ -50,7 +50,8 @@ pub async fn watch(common: &Common, args: WatchArgs, out: Out) -> Result<u8, Cli
         let ws = if session["user_id"] == me["user_id"] {
             Ws::connect(&target, Some(id), args.after_seq).await?
         } else {
-            let mut ws = Ws::connect(&target, None, None).await?;
+            let user = me["user_id"].as_str().unwrap_or_default();
+            let mut ws = Ws::connect_reusing(&target, user).await?;
             ws.subscribe(&stream, args.after_seq).await?;
             ws
         };
