@@ -48,6 +48,8 @@ impl Drop for Driver {
 /// A headless Chromium session on a fresh profile.
 pub struct Browser {
     client: Client,
+    /// chromedriver's base URL (for the log endpoint fantoccini lacks).
+    driver_url: String,
     _driver: Driver,
     _profile: tempfile::TempDir,
     _permit: SemaphorePermit<'static>,
@@ -100,6 +102,8 @@ impl Browser {
                 ],
             }),
         );
+        // Console messages are collected so that tests can fail on script errors.
+        caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&url)
@@ -107,16 +111,50 @@ impl Browser {
             .expect("a WebDriver session on chromedriver");
         Some(Browser {
             client,
+            driver_url: url,
             _driver: driver,
             _profile: profile,
             _permit: permit,
         })
     }
 
-    /// End the WebDriver session (Chromium quits); the driver goes on drop.
+    /// Check that the page logged no script error, then end the WebDriver
+    /// session (Chromium quits); the driver goes on drop.
     pub async fn close(self) {
+        let errors = self.script_errors().await;
         let Browser { client, .. } = self;
         let _ = client.close().await;
+        assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
+    }
+
+    /// Console errors so far, except failed network requests: those are
+    /// expected while a node is down, and the tests check what the page
+    /// shows about them instead.
+    pub async fn script_errors(&self) -> Vec<String> {
+        let Ok(Some(session)) = self.client.session_id().await else {
+            return vec![];
+        };
+        let url = format!("{}/session/{session}/se/log", self.driver_url);
+        let Ok(resp) = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"type": "browser"}))
+            .send()
+            .await
+        else {
+            return vec![];
+        };
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        body["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| {
+                !m.contains("Failed to load resource") && !m.contains("WebSocket connection")
+            })
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Load a URL.
@@ -139,7 +177,11 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + PAGE_WAIT;
         loop {
             // A script can fail while the page reloads; that is "not yet".
-            let value = self.client.execute(script, vec![]).await.unwrap_or(Value::Null);
+            let value = self
+                .client
+                .execute(script, vec![])
+                .await
+                .unwrap_or(Value::Null);
             let truthy = match &value {
                 Value::Null => false,
                 Value::Bool(b) => *b,
@@ -217,7 +259,9 @@ impl Browser {
             .find(Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("find {css}: {e}"));
-        el.clear().await.unwrap_or_else(|e| panic!("clear {css}: {e}"));
+        el.clear()
+            .await
+            .unwrap_or_else(|e| panic!("clear {css}: {e}"));
         el.send_keys(text)
             .await
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));

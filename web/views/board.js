@@ -213,7 +213,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
   }
 
   // ---- filter options ------------------------------------------------------------------------
-  let agentSig = '';
+  let agentSig = null; // null: never rendered, so the "All agents" option appears even with none
   function renderAgentOptions() {
     const agents = [...store.agents].sort();
     const sig = agents.join('\n');
