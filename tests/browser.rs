@@ -299,6 +299,13 @@ async fn cancels_a_slow_task_from_the_detail_view() {
         )
         .await;
     let task_id = task["task_id"].as_str().unwrap();
+    // Its row says what it is, though events carry no prompt.
+    browser
+        .wait_text(
+            &format!("{} .cell-summary", row(task_id)),
+            "a very slow task that nobody wants to wait for",
+        )
+        .await;
     browser.click(&row(task_id)).await;
     browser.wait_text("#task-state", "running").await;
     browser.click("#cancel-task").await;

@@ -223,6 +223,8 @@ pub struct TaskView {
     pub session_id: Uuid,
     pub user_id: String,
     pub agent_type: String,
+    /// The prompt the task was submitted with (lists show what each task is).
+    pub prompt: String,
     #[serde(with = "micros")]
     #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     pub created_at: DateTime<Utc>,
@@ -245,6 +247,7 @@ impl From<&Task> for TaskView {
             session_id: t.session_id,
             user_id: t.user_id.clone(),
             agent_type: t.agent_type.clone(),
+            prompt: t.prompt.clone(),
             created_at: t.created_at,
             updated_at: t.updated_at,
         }
@@ -256,7 +259,6 @@ impl From<&Task> for TaskView {
 pub struct TaskDetail {
     #[serde(flatten)]
     pub task: TaskView,
-    pub prompt: String,
     pub events: Vec<TaskEventView>,
 }
 

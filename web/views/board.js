@@ -9,7 +9,7 @@ import { STATES } from '../lib/tasks.js';
 const ROW_H = 44; // px; must match .task-row height in styles.css
 const OVERSCAN = 8; // rows rendered above and below the viewport
 
-export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadMore }) {
+export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadMore, onNeedPrompt }) {
   const filter = { state: '', agent: '', session: '', text: '' };
   let filtered = []; // ids matching the filter, in store order
   const rendered = new Map(); // id -> row element currently in the DOM
@@ -135,6 +135,8 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     h('span', { class: 'cell cell-session mono' }),
     h('span', { class: 'cell cell-time' }));
     patchRow(row, task);
+    // A task first seen through its events has no prompt yet: ask for it, for rows on screen only.
+    if (!task.prompt) onNeedPrompt?.(id);
     return row;
   }
 
