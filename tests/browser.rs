@@ -233,7 +233,7 @@ async fn submitted_echo_task_goes_live_to_completed() {
     let prompt = "Say hello to the board, one chunk at a time";
     browser.type_into("#submit-prompt", prompt).await;
     browser
-        .type_into("#submit-params", r#"{"delay_ms": 150, "chunk_size": 4}"#)
+        .type_into("#submit-params", r#"{"delay_ms": 300, "chunk_size": 4}"#)
         .await;
     browser.click("#submit-button").await;
 

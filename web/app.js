@@ -107,7 +107,8 @@ let countdown = null;
 function renderConn(info) {
   const word = { connecting: 'connecting', live: 'live', reconnecting: 'reconnecting' }[info.state] || 'offline';
   const conn = $('conn');
-  conn.dataset.state = word;
+  // Signed out is not a fault: a grey dot, not a red one (the text still says offline).
+  conn.dataset.state = word === 'offline' && !auth.getToken() ? 'signedout' : word;
   setText($('conn-state'), word);
   clearInterval(countdown);
   const detail = $('conn-detail');
