@@ -9,124 +9,17 @@
 mod common;
 #[path = "browser/harness.rs"]
 mod harness;
+#[path = "browser/page.rs"]
+mod page;
 
 use serde_json::{Value, json};
 
 use common::{ADMIN_TOKEN, BinaryServer, TestServer, db_in, free_port};
 use harness::Browser;
-
-/// Open the dashboard with the first-start link and wait until it is live.
-async fn sign_in(browser: &Browser, base: &str, token: &str) {
-    browser.goto(&format!("{base}/#token={token}")).await;
-    browser.wait_text("#conn-state", "live").await;
-}
-
-/// This tab's session id (the dashboard keeps it in sessionStorage).
-async fn page_session(browser: &Browser) -> String {
-    browser
-        .wait_js(
-            "the page's session",
-            "return sessionStorage.getItem('switchboard.session');",
-        )
-        .await
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// The CSS selector of a task's row on the board.
-fn row(task_id: &str) -> String {
-    format!("#task-list .task-row[data-task-id=\"{task_id}\"]")
-}
-
-/// Record every state each task's badge shows, on the board and in the
-/// detail panel, so a test can assert the page changed live (not only where
-/// it ended up). Read with [`seen`].
-async fn record_badges(browser: &Browser) {
-    browser
-        .js(r#"
-            const seen = window.__seen = { rows: {}, detail: {} };
-            const push = (list, v) => { if (v && list[list.length - 1] !== v) list.push(v); };
-            const scan = () => {
-              for (const r of document.querySelectorAll('#task-list .task-row')) {
-                push(seen.rows[r.dataset.taskId] ??= [], r.querySelector('.state-badge').textContent);
-              }
-              const panel = document.getElementById('task-detail');
-              const m = /^#\/task\/(.+)$/.exec(location.hash);
-              if (panel && !panel.hidden && m) {
-                push(seen.detail[decodeURIComponent(m[1])] ??= [], document.getElementById('task-state').textContent);
-              }
-            };
-            new MutationObserver(scan).observe(document.body, { subtree: true, childList: true, characterData: true });
-            scan();
-        "#)
-        .await;
-}
-
-/// The states a task's badge showed: `where` is `rows` or `detail`.
-async fn seen(browser: &Browser, r#where: &str, task_id: &str) -> Vec<String> {
-    let v = browser
-        .js(&format!(
-            "return (window.__seen.{where}[{id}] || []);",
-            id = json!(task_id)
-        ))
-        .await;
-    serde_json::from_value(v).unwrap()
-}
-
-/// The detail panel's timeline: a state name per transition, and
-/// `output×N` for a run of N output chunks.
-async fn dom_timeline(browser: &Browser) -> Vec<String> {
-    let v = browser
-        .js(r#"
-            return [...document.querySelectorAll('#task-timeline > .tl-item')].map((li) => {
-              if (li.classList.contains('tl-output')) {
-                return 'output×' + parseInt(li.querySelector('.tl-msg').textContent, 10);
-              }
-              return li.querySelector('.state-badge').textContent;
-            });
-        "#)
-        .await;
-    serde_json::from_value(v).unwrap()
-}
-
-/// The same shape from stored events: `(is_output, state_or_chunk)` in order.
-fn stored_timeline(events: &[(bool, String)]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut run = 0;
-    for (is_output, value) in events {
-        if *is_output {
-            run += 1;
-            continue;
-        }
-        if run > 0 {
-            out.push(format!("output×{run}"));
-            run = 0;
-        }
-        out.push(value.clone());
-    }
-    if run > 0 {
-        out.push(format!("output×{run}"));
-    }
-    out
-}
-
-/// A task's stored events from `GET /api/runtime/tasks/{id}`.
-async fn task_events(server: &TestServer, task_id: &str) -> Vec<(bool, String)> {
-    let (status, body) = server
-        .get(&format!("/api/runtime/tasks/{task_id}"), ADMIN_TOKEN)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| match e["event_type"].as_str() {
-            Some("output") => (true, e["chunk"].as_str().unwrap_or("").to_owned()),
-            _ => (false, e["state"].as_str().unwrap_or("").to_owned()),
-        })
-        .collect()
-}
+use page::{
+    dom_timeline, page_session, record_badges, row, seen, sign_in, stored_timeline,
+    stream_task_events, task_events,
+};
 
 /// The first-start link signs the admin in from the URL fragment, which is
 /// cleared at once, and the token lives only in sessionStorage.
@@ -139,7 +32,7 @@ async fn signs_in_from_the_url_fragment() {
     sign_in(&browser, &server.base, ADMIN_TOKEN).await;
     browser.wait_text("#user-id", "admin").await;
     let page = browser
-        .js("return {href: location.href, hash: location.hash, token: sessionStorage.getItem('switchboard.token'), history: history.length};")
+        .js("return {href: location.href, hash: location.hash, token: sessionStorage.getItem('switchboard.token')};")
         .await;
     assert_eq!(page["hash"], "", "the fragment is cleared: {page}");
     assert!(!page["href"].as_str().unwrap().contains("token"), "{page}");
@@ -504,7 +397,8 @@ async fn audit_verifies_the_chain_and_the_theme_toggles() {
     browser
         .wait_js(
             "the new user's record",
-            "return [...document.querySelectorAll('#audit-rows tr.audit-row')].some((r) => r.dataset.eventType === 'user.created' && r.textContent.includes('auditee@team.com') || r.dataset.eventType === 'user.created' && r.nextElementSibling.textContent.includes('auditee@team.com'));",
+            "return [...document.querySelectorAll('#audit-rows tr.audit-row[data-event-type=\"user.created\"]')]
+               .some((r) => (r.textContent + r.nextElementSibling.textContent).includes('auditee@team.com'));",
         )
         .await;
 
@@ -639,16 +533,7 @@ async fn a_restart_under_an_open_page_loses_nothing() {
         seqs.windows(2).all(|w| w[1] == w[0] + 1),
         "stored seqs: {seqs:?}"
     );
-    let of = |task: &str| -> Vec<(bool, String)> {
-        events
-            .iter()
-            .filter(|e| e["task_id"] == task)
-            .map(|e| match e["type"].as_str() {
-                Some("task.output") => (true, e["data"]["chunk"].as_str().unwrap_or("").to_owned()),
-                _ => (false, e["data"]["state"].as_str().unwrap_or("").to_owned()),
-            })
-            .collect()
-    };
+    let of = |task: &str| stream_task_events(events, task);
 
     let stored = of(&first);
     assert_eq!(
