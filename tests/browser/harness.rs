@@ -309,8 +309,21 @@ pub fn screenshot_dir() -> PathBuf {
 }
 
 /// chromedriver on a free loopback port; returns it and its URL once it
-/// answers `/status` as ready.
+/// answers `/status` as ready. A port taken between [`free_port`] and the
+/// driver's bind makes the driver exit: then it tries another port.
 async fn start_driver(profile: &Path) -> (Driver, String) {
+    for _ in 0..3 {
+        if let Some(started) = try_start_driver(profile).await {
+            return started;
+        }
+    }
+    panic!(
+        "chromedriver did not start; see {}",
+        profile.join("chromedriver.log").display()
+    );
+}
+
+async fn try_start_driver(profile: &Path) -> Option<(Driver, String)> {
     let port = free_port();
     let log = std::fs::File::create(profile.join("chromedriver.log")).expect("driver log");
     let child = tokio::process::Command::new(CHROMEDRIVER)
@@ -322,15 +335,19 @@ async fn start_driver(profile: &Path) -> (Driver, String) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn chromedriver");
-    let driver = Driver { child };
+    let mut driver = Driver { child };
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
+        // Exited: its port was taken (and whatever answers there is not ours).
+        if !matches!(driver.child.try_wait(), Ok(None)) {
+            return None;
+        }
         if let Ok(r) = http.get(format!("{url}/status")).send().await {
             if let Ok(body) = r.json::<Value>().await {
-                if body["value"]["ready"] == true {
-                    return (driver, url);
+                if body["value"]["ready"] == true && matches!(driver.child.try_wait(), Ok(None)) {
+                    return Some((driver, url));
                 }
             }
         }
