@@ -708,8 +708,8 @@ async fn state_and_detail_of_a_completed_task() {
     assert_eq!(done["success"], true);
     assert_eq!(done["result"], prompt);
     assert_eq!(
-        done["prompt"], prompt,
-        "the state says what the task was asked"
+        done["prompt_preview"], prompt,
+        "the state says what was asked"
     );
     assert_eq!(done["error"], Value::Null);
     assert!(done["execution_time"].as_f64().unwrap() >= 0.0);

@@ -350,6 +350,7 @@ impl Runtime {
         let events = self.store.task_events(id).await?;
         Ok(TaskDetail {
             task: (&task).into(),
+            prompt: task.prompt.clone(),
             events: events.iter().map(Into::into).collect(),
         })
     }

@@ -70,7 +70,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     if (filter.agent && task.agent !== filter.agent) return false;
     if (filter.session && task.session !== filter.session) return false;
     if (filter.text) {
-      const hay = `${task.id} ${task.prompt || ''} ${task.message || ''}`.toLowerCase();
+      const hay = `${task.id} ${task.prompt || task.preview || ''} ${task.message || ''}`.toLowerCase();
       if (!hay.includes(filter.text)) return false;
     }
     return true;
@@ -136,7 +136,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     h('span', { class: 'cell cell-time' }));
     patchRow(row, task);
     // A task first seen through its events has no prompt yet: ask for it, for rows on screen only.
-    if (!task.prompt) onNeedPrompt?.(id);
+    if (!task.prompt && !task.preview) onNeedPrompt?.(id);
     return row;
   }
 
@@ -148,7 +148,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     setText(badge, state);
     badge.className = `state-badge s-${state}`;
     setText(agentCell, task.agent || '—');
-    const summary = task.prompt || task.message || '';
+    const summary = task.prompt || task.preview || task.message || '';
     setText(summaryCell, summary);
     summaryCell.title = summary;
     setText(sessionCell, shortId(task.session));
