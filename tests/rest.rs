@@ -707,6 +707,10 @@ async fn state_and_detail_of_a_completed_task() {
     assert_eq!(done["state"], "completed");
     assert_eq!(done["success"], true);
     assert_eq!(done["result"], prompt);
+    assert_eq!(
+        done["prompt_preview"], prompt,
+        "the state says what was asked"
+    );
     assert_eq!(done["error"], Value::Null);
     assert!(done["execution_time"].as_f64().unwrap() >= 0.0);
     utc(&done["updated_at"]);

@@ -107,7 +107,8 @@ let countdown = null;
 function renderConn(info) {
   const word = { connecting: 'connecting', live: 'live', reconnecting: 'reconnecting' }[info.state] || 'offline';
   const conn = $('conn');
-  conn.dataset.state = word;
+  // Signed out is not a fault: a grey dot, not a red one (the text still says offline).
+  conn.dataset.state = word === 'offline' && !auth.getToken() ? 'signedout' : word;
   setText($('conn-state'), word);
   clearInterval(countdown);
   const detail = $('conn-detail');
@@ -170,6 +171,7 @@ function buildApp() {
     root: $('view-board'), store, sessions, detailRoot,
     onOpen: (id) => { location.hash = `#/task/${encodeURIComponent(id)}`; },
     onLoadMore: loadMore,
+    onNeedPrompt: needPrompt,
   });
   const views = {
     board: null,
@@ -209,6 +211,29 @@ function buildApp() {
         for (const t of asList(r, 'tasks')) store.applySnapshot(t, 'front');
       } catch { /* try again next tick */ }
     }, 5000);
+  }
+
+  // Events do not carry the prompt: rows shown for such tasks fetch their state once, one
+  // request at a time, so a burst of new tasks costs at most a screenful of requests.
+  const promptAsked = new Set();
+  const promptQueue = [];
+  let promptPumping = false;
+  function needPrompt(id) {
+    if (promptAsked.has(id)) return;
+    promptAsked.add(id);
+    promptQueue.push(id);
+    pumpPrompts();
+  }
+  async function pumpPrompts() {
+    if (promptPumping) return;
+    promptPumping = true;
+    while (promptQueue.length) {
+      const id = promptQueue.shift();
+      try {
+        store.applySnapshot(await api.get(`api/runtime/tasks/${encodeURIComponent(id)}/state`));
+      } catch { /* the row keeps its last message */ }
+    }
+    promptPumping = false;
   }
 
   async function loadFirstPage() {

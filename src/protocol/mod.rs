@@ -223,12 +223,26 @@ pub struct TaskView {
     pub session_id: Uuid,
     pub user_id: String,
     pub agent_type: String,
+    /// The start of the prompt (at most 200 characters, ending in `…` when
+    /// cut), so that lists say what each task is; `task.get` has all of it.
+    pub prompt_preview: String,
     #[serde(with = "micros")]
     #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "micros")]
     #[schemars(with = "chrono::DateTime<chrono::Utc>")]
     pub updated_at: DateTime<Utc>,
+}
+
+/// Characters of the prompt in [`TaskView::prompt_preview`].
+const PROMPT_PREVIEW_CHARS: usize = 200;
+
+/// The first [`PROMPT_PREVIEW_CHARS`] characters of a prompt, `…` when cut.
+fn prompt_preview(prompt: &str) -> String {
+    match prompt.char_indices().nth(PROMPT_PREVIEW_CHARS) {
+        Some((cut, _)) => format!("{}…", &prompt[..cut]),
+        None => prompt.to_owned(),
+    }
 }
 
 impl From<&Task> for TaskView {
@@ -245,6 +259,7 @@ impl From<&Task> for TaskView {
             session_id: t.session_id,
             user_id: t.user_id.clone(),
             agent_type: t.agent_type.clone(),
+            prompt_preview: prompt_preview(&t.prompt),
             created_at: t.created_at,
             updated_at: t.updated_at,
         }
@@ -348,4 +363,20 @@ pub struct SkillView {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct Health {
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompt_preview;
+
+    /// A preview keeps short prompts whole and cuts long ones on a character
+    /// boundary, never inside a multi-byte character.
+    #[test]
+    fn prompt_preview_cuts_on_a_character_boundary() {
+        assert_eq!(prompt_preview("short"), "short");
+        assert_eq!(prompt_preview(&"x".repeat(200)), "x".repeat(200));
+        let cut = prompt_preview(&"é".repeat(250));
+        assert_eq!(cut.chars().count(), 201);
+        assert_eq!(cut, format!("{}…", "é".repeat(200)));
+    }
 }

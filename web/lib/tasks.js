@@ -87,6 +87,7 @@ export class TaskStore {
       agent: obj.agent_type ?? meta.agent_type,
       session: obj.session_id ?? meta.session_id,
       prompt: obj.prompt ?? meta.prompt,
+      preview: obj.prompt_preview, // lists carry the start of the prompt; task.get all of it
       user: obj.user_id ?? meta.user_id,
     });
     task.createdAt ??= obj.created_at ?? meta.created_at ?? obj.updated_at ?? null;
@@ -131,6 +132,7 @@ export class TaskStore {
       session: null,
       user: null,
       prompt: null,
+      preview: null,
       message: null,
       result: undefined,
       error: undefined,

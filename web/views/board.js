@@ -9,7 +9,7 @@ import { STATES } from '../lib/tasks.js';
 const ROW_H = 44; // px; must match .task-row height in styles.css
 const OVERSCAN = 8; // rows rendered above and below the viewport
 
-export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadMore }) {
+export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadMore, onNeedPrompt }) {
   const filter = { state: '', agent: '', session: '', text: '' };
   let filtered = []; // ids matching the filter, in store order
   const rendered = new Map(); // id -> row element currently in the DOM
@@ -70,7 +70,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     if (filter.agent && task.agent !== filter.agent) return false;
     if (filter.session && task.session !== filter.session) return false;
     if (filter.text) {
-      const hay = `${task.id} ${task.prompt || ''} ${task.message || ''}`.toLowerCase();
+      const hay = `${task.id} ${task.prompt || task.preview || ''} ${task.message || ''}`.toLowerCase();
       if (!hay.includes(filter.text)) return false;
     }
     return true;
@@ -135,6 +135,8 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     h('span', { class: 'cell cell-session mono' }),
     h('span', { class: 'cell cell-time' }));
     patchRow(row, task);
+    // A task first seen through its events has no prompt yet: ask for it, for rows on screen only.
+    if (!task.prompt && !task.preview) onNeedPrompt?.(id);
     return row;
   }
 
@@ -146,7 +148,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
     setText(badge, state);
     badge.className = `state-badge s-${state}`;
     setText(agentCell, task.agent || '—');
-    const summary = task.prompt || task.message || '';
+    const summary = task.prompt || task.preview || task.message || '';
     setText(summaryCell, summary);
     summaryCell.title = summary;
     setText(sessionCell, shortId(task.session));
@@ -213,7 +215,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
   }
 
   // ---- filter options ------------------------------------------------------------------------
-  let agentSig = '';
+  let agentSig = null; // null: never rendered, so the "All agents" option appears even with none
   function renderAgentOptions() {
     const agents = [...store.agents].sort();
     const sig = agents.join('\n');

@@ -84,6 +84,9 @@ export function createDetail({ root, client, store, can, onClose }) {
     cancelBtn.disabled = true;
     try {
       const r = await client.request('task.cancel', { task_id: id });
+      // The reply is authoritative even before the event arrives (a session not followed yet).
+      const change = r?.state ? store.applySnapshot({ task_id: id, state: r.state }) : null;
+      if (id === taskId && change) setState(change.task.state);
       toast(`Task ${shortId(id)} ${r?.state || 'cancelled'}.`, 'success');
     } catch (err) {
       toast(`Cancel failed: ${err.message}`, 'error');
@@ -99,7 +102,9 @@ export function createDetail({ root, client, store, can, onClose }) {
     if (input) fields.input = input;
     approveBtn.disabled = denyBtn.disabled = true;
     try {
-      await client.request('task.respond', fields);
+      const r = await client.request('task.respond', fields);
+      const change = store.applySnapshot(r);
+      if (id === taskId && change) setState(change.task.state);
       toast(`Task ${shortId(id)} ${approve ? 'approved' : 'denied'}.`, 'success');
       if (respondInput) respondInput.value = '';
     } catch (err) {
@@ -154,17 +159,19 @@ export function createDetail({ root, client, store, can, onClose }) {
     if (nearBottom) output.scrollTop = output.scrollHeight;
     if (!lastOutputItem) {
       const count = h('span', { class: 'tl-msg muted' });
-      const last = h('time', { class: 'tl-last muted' });
-      lastOutputItem = { chunks: 0, chars: 0, count, last };
+      lastOutputItem = { chunks: 0, chars: 0, count, first: toMs(at) };
       timeline.append(h('li', { class: 'tl-item tl-output' },
         h('time', { datetime: fmtIso(at), title: fmtIso(at), text: fmtClock(at) }),
-        h('span', { class: 'tl-kind', text: 'output' }), count, last));
+        h('span', { class: 'tl-kind', text: 'output' }), count));
     }
     const o = lastOutputItem;
     o.chunks += 1;
     o.chars += text.length;
-    setText(o.count, `${o.chunks} chunk${o.chunks === 1 ? '' : 's'}, ${o.chars} chars`);
-    if (o.chunks > 1) { setText(o.last, `to ${fmtClock(at)}`); o.last.title = fmtIso(at); }
+    // The span of the run as a duration: short enough to stay on one line in the panel.
+    const span = toMs(at) - o.first;
+    const over = o.chunks > 1 && span >= 0 ? ` over ${fmtSpan(span)}` : '';
+    setText(o.count, `${o.chunks} chunk${o.chunks === 1 ? '' : 's'}, ${o.chars} chars${over}`);
+    if (over) o.count.title = `last chunk at ${fmtIso(at)}`;
   }
 
   /** One live event for the shown task. */
@@ -287,4 +294,12 @@ export function createDetail({ root, client, store, can, onClose }) {
     refreshPermissions() { if (taskId) buildActions(); },
     focus() { closeBtn.focus(); },
   };
+}
+
+/** A duration for the timeline: "850 ms", "4.2 s", "3 min 5 s". */
+function fmtSpan(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)} min ${s % 60} s`;
 }

@@ -86,7 +86,10 @@ export function createSubmit({ root, client, store, onSubmitted }) {
       agentCards.append(h('li', { class: 'muted', text: 'No agents listed.' }));
       return;
     }
-    for (const a of agents) {
+    // Available agents first, so the ones a person can use are in view.
+    const sorted = [...agents].sort((a, b) => (a.available === false) - (b.available === false)
+      || String(a.name || a.agent_type).localeCompare(String(b.name || b.agent_type)));
+    for (const a of sorted) {
       const ok = a.available !== false;
       agentCards.append(h('li', { class: `agent-card${ok ? '' : ' unavailable'}`, dataset: { agentType: a.agent_type } },
         h('div', { class: 'agent-card-head' },
