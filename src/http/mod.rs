@@ -16,8 +16,11 @@ mod web;
 use std::any::Any;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, OriginalUri};
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
+use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -39,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     rest.route("/ws", get(crate::ws::upgrade))
         .route("/", get(web::index))
         .fallback(web::asset)
+        .layer(middleware::from_fn_with_state(max_body, read_body_first))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
@@ -110,6 +114,62 @@ fn api() -> OpenApiRouter<AppState> {
     let mut api = OpenApiRouter::from(router);
     *api.get_openapi_mut() = doc;
     api
+}
+
+/// Read a request's whole body (up to `limit` bytes) before anything
+/// answers it.
+///
+/// hyper keeps a keep-alive connection open only once the request's body has
+/// been read. An answer given before a handler reads it (a `401`, an unknown
+/// route or method, a bad path parameter) would otherwise close the
+/// connection after the response, without a `Connection: close`, and the
+/// client's next request on it would fail. Bodies here are JSON documents
+/// that handlers read whole anyway, so nothing streams. (HTTP/2 bodies
+/// without a length pass through, bounded by [`DefaultBodyLimit`].)
+async fn read_body_first(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !headers.contains_key(TRANSFER_ENCODING) && declared.unwrap_or(0) == 0 {
+        return next.run(req).await;
+    }
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) if is_length_limit(&e) => too_large(),
+        Err(_) => Error::BadRequest("the request body could not be read".into()).into_response(),
+    }
+}
+
+/// `413 payload_too_large`, ending the connection: the rest of the body is
+/// never read, so the client must not reuse it.
+fn too_large() -> Response {
+    let mut resp =
+        Error::PayloadTooLarge("the request body is larger than this node accepts".into())
+            .into_response();
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Whether a body error, or one of its causes, is the length limit.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Unknown `/api` paths answer 404 only to an authenticated caller: every

@@ -116,7 +116,7 @@ pub async fn end(
     operation_id = "session_events",
     path = "/runtime/sessions/{session_id}/events",
     tag = "sessions",
-    params(("session_id" = uuid::Uuid, Path), crate::protocol::EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "SSE: resume after this seq")),
+    params(("session_id" = uuid::Uuid, Path), crate::protocol::EventsQuery, ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "SSE: resume after this seq")),
     responses(
         (status = 200, description = "Stored events (JSON), or with `Accept: text/event-stream` a live SSE stream whose `data:` lines are WebSocket event frames", content((crate::protocol::EventList = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
