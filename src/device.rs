@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::rbac::{Permission, Role};
 
 /// Where a device stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceState {
     Pending,
@@ -56,7 +56,7 @@ impl FromStr for DeviceState {
 }
 
 /// A registered device, as stored and listed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Device {
     pub device_id: String,
     pub user_id: String,

@@ -12,8 +12,9 @@
 //!   the store publish.
 //! - [`task`]: the pure state machine ([`task::state`]) and the
 //!   [`task::engine`] that drives [`agent`]s through it.
-//! - [`store`]: the [`store::Store`] trait, its SQLite backend, and the group
-//!   committer for events ([`store::writer`]). Events get their per-session
+//! - [`store`]: the [`store::Store`] trait, its SQLite (one node) and
+//!   PostgreSQL (several nodes) backends, and the group committer for
+//!   events ([`store::writer`]). Events get their per-session
 //!   `seq` inside the writing transaction.
 //! - [`bus`]: live fan-out of stored events, and the [`bus::Cursor`] that
 //!   reads a stream gaplessly from the store and the bus.

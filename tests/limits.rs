@@ -326,3 +326,102 @@ async fn tokens_never_appear_in_logs() {
         assert!(!log.contains(secret), "a token is in the log:\n{log}");
     }
 }
+
+/// A request answered before a handler would read its body (an unknown
+/// method or route, no token, a bad path parameter) has its body read
+/// first: the server asks for it (`100 Continue`) before answering, so the
+/// keep-alive connection still serves the next request. An oversize body
+/// is refused with `Connection: close`.
+#[tokio::test]
+async fn early_answers_keep_the_connection_usable() {
+    let server = TestServer::spawn().await;
+    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let body = r#"{"name":"n","key":"K"}"#;
+    let bearer = format!("Authorization: Bearer {}\r\n", server.admin);
+    for (method, path, auth, want) in [
+        ("PUT", "/api/projects", bearer.as_str(), 405),
+        ("POST", "/api/no/such/route", bearer.as_str(), 404),
+        ("PATCH", "/api/projects/abc", bearer.as_str(), 400),
+        ("POST", "/api/projects", "", 401),
+    ] {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let (status, _) = read_response(&mut conn, &mut buf).await;
+        assert_eq!(
+            status, 100,
+            "{method} {path} was answered before its body was read"
+        );
+        conn.write_all(body.as_bytes()).await.unwrap();
+        let (status, text) = read_response(&mut conn, &mut buf).await;
+        assert_eq!(status, want, "{method} {path}: {text}");
+        assert!(text.contains("\"error\""), "{text}");
+    }
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _) = read_response(&mut conn, &mut buf).await;
+    assert_eq!(status, 200);
+
+    let big = 2 << 20;
+    let head =
+        format!("POST /api/projects HTTP/1.1\r\nHost: t\r\n{bearer}Content-Length: {big}\r\n\r\n");
+    // Only the head: the declared length alone is refused, and no unread
+    // bytes are left behind to turn the close into a reset.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let (status, text) = read_response(&mut conn, &mut buf).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+}
+
+/// Read one HTTP/1.1 response from `conn` (bytes past it stay in `buf`):
+/// its status and its text, head and body.
+async fn read_response(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(WAIT, conn.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the connection was closed: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = tokio::time::timeout(WAIT, conn.read(&mut chunk))
+            .await
+            .expect("a body in time")
+            .unwrap();
+        assert!(n > 0, "the connection was closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf[..head_end + len]).into_owned();
+    buf.drain(..head_end + len);
+    (status, text)
+}

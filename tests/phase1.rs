@@ -1,10 +1,49 @@
-//! Phase 1 API: projects, project tasks, execute, agent names.
+//! Phase 1 API: projects, project tasks, execute, agent names; each test
+//! runs on a node over SQLite and on one over PostgreSQL (a fresh database
+//! per test, when `SWITCHBOARD_TEST_POSTGRES_URL` is set), and two nodes
+//! over one PostgreSQL number one project's tasks apart.
 
 mod common;
 
-use common::{TestServer, send};
+use common::{PgDb, TestServer, send};
 use reqwest::Method;
 use serde_json::{Value, json};
+use switchboard::config::FileConfig;
+
+/// Generate, for each test function over a `&TestServer`, a test per backend.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = crate::TestServer::spawn().await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = crate::PgDb::create().await else { return };
+                    let s = crate::TestServer::spawn_on(&db.url, crate::FileConfig::default()).await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    project_crud_in_the_original_shapes,
+    tasks_are_numbered_per_project,
+    execute_runs_an_engine_task_synchronously,
+    execute_survives_disconnect_and_cancels,
+    phase1_permissions,
+);
 
 async fn patch(s: &TestServer, path: &str, token: &str, body: Value) -> (u16, Value) {
     send(s.req(Method::PATCH, path, Some(token)).json(&body)).await
@@ -24,9 +63,7 @@ async fn project(s: &TestServer, key: &str) -> Value {
 
 /// Projects: create (201, defaults, parsed repo), get, list, patch, 409 on
 /// a taken key, 400 on bad fields, delete (204) then 404.
-#[tokio::test]
-async fn project_crud_in_the_original_shapes() {
-    let s = TestServer::spawn().await;
+async fn project_crud_in_the_original_shapes(s: &TestServer) {
     let (status, p) = s
         .post(
             "/api/projects",
@@ -52,7 +89,7 @@ async fn project_crud_in_the_original_shapes() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 
     let (status, changed) = patch(
-        &s,
+        s,
         &format!("/api/projects/{id}"),
         &s.admin,
         json!({"status": "on_hold", "github_repo_url": null, "description": "new"}),
@@ -101,11 +138,9 @@ async fn project_crud_in_the_original_shapes() {
 
 /// Tasks get `{KEY}-{n}` numbered per project, defaults, filters by project,
 /// and a project task for an unknown project is a 404.
-#[tokio::test]
-async fn tasks_are_numbered_per_project() {
-    let s = TestServer::spawn().await;
-    let a = project(&s, "AAA").await["id"].as_i64().unwrap();
-    let b = project(&s, "BBB").await["id"].as_i64().unwrap();
+async fn tasks_are_numbered_per_project(s: &TestServer) {
+    let a = project(s, "AAA").await["id"].as_i64().unwrap();
+    let b = project(s, "BBB").await["id"].as_i64().unwrap();
     let mut keys = Vec::new();
     for pid in [a, b, a] {
         let (status, t) = s
@@ -130,7 +165,7 @@ async fn tasks_are_numbered_per_project() {
 
     let id = all[0]["id"].as_i64().unwrap();
     let (status, t) = patch(
-        &s,
+        s,
         &format!("/api/tasks/{id}"),
         &s.admin,
         json!({"status": "done", "priority": "critical", "assigned_agent_type": "echo"}),
@@ -172,10 +207,8 @@ async fn tasks_are_numbered_per_project() {
 
 /// Execute runs a real engine task in the caller's default session and
 /// answers when it ended; the project task follows it.
-#[tokio::test]
-async fn execute_runs_an_engine_task_synchronously() {
-    let s = TestServer::spawn().await;
-    let pid = project(&s, "EX").await["id"].as_i64().unwrap();
+async fn execute_runs_an_engine_task_synchronously(s: &TestServer) {
+    let pid = project(s, "EX").await["id"].as_i64().unwrap();
     let (_, t) = s
         .post(
             "/api/tasks",
@@ -254,10 +287,8 @@ async fn execute_runs_an_engine_task_synchronously() {
 
 /// An execution whose client disconnects still completes, and one can be
 /// cancelled like any engine task; the project task follows each.
-#[tokio::test]
-async fn execute_survives_disconnect_and_cancels() {
-    let s = TestServer::spawn().await;
-    let pid = project(&s, "DC").await["id"].as_i64().unwrap();
+async fn execute_survives_disconnect_and_cancels(s: &TestServer) {
+    let pid = project(s, "DC").await["id"].as_i64().unwrap();
     let (_, t) = s
         .post(
             "/api/tasks",
@@ -279,7 +310,7 @@ async fn execute_survives_disconnect_and_cancels() {
         .send()
         .await;
     assert!(gone.is_err(), "the client should have given up first");
-    let t = wait_task(&s, tid, "completed").await;
+    let t = wait_task(s, tid, "completed").await;
     assert_eq!(t["status"], "in_review");
 
     // Cancel one while its caller waits: the caller gets `cancelled`.
@@ -295,7 +326,7 @@ async fn execute_survives_disconnect_and_cancels() {
         )
         .await
     });
-    wait_task(&s, tid, "running").await;
+    wait_task(s, tid, "running").await;
     let (_, running) = s.get("/api/runtime/tasks?state=running", &s.admin).await;
     let engine = running[0]["task_id"].as_str().unwrap().to_owned();
     let (status, _) = s
@@ -310,7 +341,7 @@ async fn execute_survives_disconnect_and_cancels() {
     assert_eq!(status, 200, "{e}");
     assert_eq!(e["status"], "cancelled");
     assert_eq!(e["engine_task_id"], engine.as_str());
-    let t = wait_task(&s, tid, "cancelled").await;
+    let t = wait_task(s, tid, "cancelled").await;
     assert_eq!(t["status"], "todo");
 }
 
@@ -329,9 +360,7 @@ async fn wait_task(s: &TestServer, tid: i64, state: &str) -> Value {
 
 /// Agent names, and the Phase 1 permissions: a viewer reads but cannot
 /// write, a developer writes but cannot delete, a guest cannot read.
-#[tokio::test]
-async fn phase1_permissions() {
-    let s = TestServer::spawn().await;
+async fn phase1_permissions(s: &TestServer) {
     let (status, names) = s.get("/api/agents/available", &s.admin).await;
     assert_eq!(status, 200);
     assert!(names.as_array().unwrap().contains(&json!("echo")));
@@ -342,7 +371,7 @@ async fn phase1_permissions() {
     let viewer = s.user("viewer@team.com", &["viewer"]).await;
     let dev = s.user("dev@team.com", &["developer"]).await;
     let guest = s.user("guest@team.com", &["guest"]).await;
-    let pid = project(&s, "PERM").await["id"].as_i64().unwrap();
+    let pid = project(s, "PERM").await["id"].as_i64().unwrap();
 
     assert_eq!(s.get("/api/projects", &viewer).await.0, 200);
     assert_eq!(s.get("/api/projects", &guest).await.0, 403);
@@ -378,4 +407,60 @@ async fn phase1_permissions() {
         .await;
     assert_eq!((status, e["status"].as_str()), (200, Some("completed")));
     assert_eq!(s.get("/api/projects", "wrong").await.0, 401);
+}
+
+/// Two nodes over one PostgreSQL: tasks created at once in one project
+/// through both get distinct, gapless keys; either node serves what the
+/// other stored, and an execution started on one shows on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_nodes_share_projects_and_number_tasks_apart() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let a = TestServer::spawn_on(&db.url, FileConfig::default()).await;
+    let b = TestServer::spawn_on(&db.url, FileConfig::default()).await;
+    let pid = project(&a, "DUO").await["id"].as_i64().unwrap();
+    let (status, seen) = b.get(&format!("/api/projects/{pid}"), &b.admin).await;
+    assert_eq!((status, seen["key"].as_str()), (200, Some("DUO")));
+
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let req = node
+            .req(Method::POST, "/api/tasks", Some(&node.admin))
+            .json(&json!({"project_id": pid, "title": format!("task {i}")}));
+        calls.push(tokio::spawn(send(req)));
+    }
+    let mut keys = Vec::new();
+    for c in calls {
+        let (status, t) = c.await.unwrap();
+        assert_eq!(status, 201, "{t}");
+        keys.push(t["key"].as_str().unwrap().to_owned());
+    }
+    keys.sort();
+    let mut want: Vec<String> = (1..=30).map(|n| format!("DUO-{n}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+
+    let (_, list) = a
+        .get(&format!("/api/tasks?project_id={pid}"), &a.admin)
+        .await;
+    let tid = list[0]["id"].as_i64().unwrap();
+    let (status, e) = b
+        .post(
+            "/api/tasks/execute",
+            &b.admin,
+            json!({"task_id": tid, "agent_type": "echo", "prompt": "from b"}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["status"].as_str()),
+        (200, Some("completed")),
+        "{e}"
+    );
+    let (_, t) = a.get(&format!("/api/tasks/{tid}"), &a.admin).await;
+    assert_eq!(t["agent_execution_status"], "completed");
+    assert_eq!(t["status"], "in_review");
+    b.stop().await;
+    a.stop().await;
 }

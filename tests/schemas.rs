@@ -59,12 +59,20 @@ fn checked_in_copies_match_the_code() {
     );
 }
 
-/// The document is OpenAPI 3.1 and documents every Phase 1 route.
+/// The document is OpenAPI 3.1, documents the routes of every resource,
+/// and names each operation once (generated clients name methods by it).
 #[test]
 fn document_is_openapi_3_1_and_complete() {
     let doc: Value = serde_json::from_str(&switchboard::http::openapi::document()).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
+        "/api/openapi.json",
+        "/api/me",
+        "/api/presence",
+        "/api/devices",
+        "/api/devices/challenge",
+        "/api/devices/{device_id}/approve",
+        "/api/devices/{device_id}/revoke",
         "/api/projects",
         "/api/projects/{id}",
         "/api/tasks",
@@ -79,6 +87,87 @@ fn document_is_openapi_3_1_and_complete() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
+    let mut ids = std::collections::BTreeSet::new();
+    for (method, path, op) in operations(&doc) {
+        let id = op["operationId"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(id.to_owned()),
+            "{method} {path}: operationId `{id}` is taken"
+        );
+    }
+}
+
+/// Every operation of a document: (method, path, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            out.push((method.clone(), path.clone(), op.clone()));
+        }
+    }
+    out
+}
+
+/// Every documented operation is served, with the authentication the
+/// document says: as the admin, with no body and ids that name nothing,
+/// each answers a documented status and never the unknown-route `404` or
+/// the `405` of the `/api` fallbacks; without a token, a public one answers
+/// a documented status and any other a documented `401`.
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let s = TestServer::spawn().await;
+    let doc: Value = serde_json::from_str(&switchboard::http::openapi::document()).unwrap();
+    let ops = operations(&doc);
+    assert!(ops.len() > 40, "only {} operations", ops.len());
+    for (method, path, op) in ops {
+        // Path parameters get values that name nothing.
+        let concrete = path
+            .replace("{id}", "987654")
+            .replace("{task_id}", "6f1c1a0e-7d7e-4c1e-9f43-2a4d8f7f0e11")
+            .replace("{session_id}", "6f1c1a0e-7d7e-4c1e-9f43-2a4d8f7f0e12")
+            .replace("{user_id}", "nobody@team.com")
+            .replace("{device_id}", "no-such-device")
+            .replace("{role}", "viewer");
+        assert!(
+            !concrete.contains('{'),
+            "{path}: a parameter without a test value"
+        );
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let documented = |status: u16| op["responses"][status.to_string()].is_object();
+
+        let (status, body) = send(s.req(m.clone(), &concrete, Some(&s.admin))).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            status != 405 && !message.starts_with("no such endpoint"),
+            "{method} {path} is documented but not served: {status} {body}"
+        );
+        assert!(
+            documented(status),
+            "{method} {concrete} → {status} undocumented: {body}"
+        );
+
+        let (status, body) = send(s.req(m, &concrete, None)).await;
+        if op["security"] == json!([{}]) {
+            assert!(
+                documented(status),
+                "{method} {path} → {status} undocumented"
+            );
+        } else {
+            assert_eq!(status, 401, "{method} {path} without a token: {body}");
+            assert!(documented(401), "{method} {path}: 401 undocumented");
+        }
+    }
+    // The fallbacks those checks tell apart from real routes.
+    let (status, body) = s.get("/api/no/such/route", &s.admin).await;
+    assert_eq!(status, 404);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no such endpoint")
+    );
+    let (status, _) = s.delete("/api/me", &s.admin).await;
+    assert_eq!(status, 405);
 }
 
 /// Validates bodies against the OpenAPI document's response schemas.
@@ -425,6 +514,116 @@ async fn responses_match_the_openapi_document() {
         None,
     )
     .await;
+}
+
+/// Real responses of the device routes, successes and errors, validate
+/// against the document.
+#[tokio::test]
+async fn device_responses_match_the_openapi_document() {
+    let s = TestServer::spawn().await;
+    let api = OpenApi::load();
+    use Method as M;
+    let dev = s.user("dev@team.com", &["developer"]).await;
+    let (status, d) = call(
+        &s,
+        &api,
+        M::POST,
+        "/api/devices",
+        "/api/devices",
+        Some(json!({"device_id": "laptop-1", "name": "Laptop"})),
+    )
+    .await;
+    assert_eq!((status, d["state"].as_str()), (201, Some("pending")), "{d}");
+    for bad in [
+        json!({"device_id": ""}),
+        json!({"device_id": "a/b"}),
+        json!({"device_id": "k", "public_key": "not hex"}),
+        json!({"name": "no id"}),
+    ] {
+        let (status, _) = call(&s, &api, M::POST, "/api/devices", "/api/devices", Some(bad)).await;
+        assert_eq!(status, 400);
+    }
+    // Someone else's device id.
+    let (status, body) = send(
+        s.req(M::POST, "/api/devices", Some(&dev))
+            .json(&json!({"device_id": "laptop-1"})),
+    )
+    .await;
+    api.check("post", "/api/devices", status, &body);
+    assert_eq!(status, 409);
+
+    let (status, list) = call(&s, &api, M::GET, "/api/devices", "/api/devices", None).await;
+    assert_eq!((status, list.as_array().map(Vec::len)), (200, Some(1)));
+    let (status, c) = call(
+        &s,
+        &api,
+        M::POST,
+        "/api/devices/challenge",
+        "/api/devices/challenge",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(c["nonce"].is_string() && c["expires_at"].is_string());
+
+    let approve = "/api/devices/{device_id}/approve";
+    let revoke = "/api/devices/{device_id}/revoke";
+    let (status, d) = call(
+        &s,
+        &api,
+        M::POST,
+        "/api/devices/laptop-1/approve",
+        approve,
+        None,
+    )
+    .await;
+    assert_eq!((status, d["state"].as_str()), (200, Some("trusted")));
+    let (status, _) = call(
+        &s,
+        &api,
+        M::POST,
+        "/api/devices/nope/approve",
+        approve,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, body) = send(s.req(M::POST, "/api/devices/laptop-1/approve", Some(&dev))).await;
+    api.check("post", approve, status, &body);
+    assert_eq!(status, 403);
+    let (status, d) = call(
+        &s,
+        &api,
+        M::POST,
+        "/api/devices/laptop-1/revoke",
+        revoke,
+        None,
+    )
+    .await;
+    assert_eq!((status, d["state"].as_str()), (200, Some("revoked")));
+    let (status, _) = call(
+        &s,
+        &api,
+        M::POST,
+        "/api/devices/laptop-1/approve",
+        approve,
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    let (status, _) = call(&s, &api, M::POST, "/api/devices/nope/revoke", revoke, None).await;
+    assert_eq!(status, 404);
+
+    let (status, doc) = call(
+        &s,
+        &api,
+        M::GET,
+        "/api/openapi.json",
+        "/api/openapi.json",
+        None,
+    )
+    .await;
+    assert_eq!((status, doc["openapi"].is_string()), (200, true));
 }
 
 /// Every frame of a real WebSocket session validates: the client ops we

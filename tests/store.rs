@@ -3,9 +3,13 @@
 //! `SWITCHBOARD_TEST_POSTGRES_URL` is set.
 //!
 //! Each check is a generic async function over `Arc<dyn Store>`; the
-//! `both!` macro makes one `#[tokio::test]` per backend out of it.
+//! `both!` macro makes one `#[tokio::test]` per backend out of it. The
+//! Phase 1 checks ([`switchboard::store::ProjectStore`]) are in
+//! `tests/store/projects.rs`.
 
 mod common;
+#[path = "store/projects.rs"]
+mod projects;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -63,6 +67,9 @@ both!(
     list_tasks_filters_and_cursor,
     audit_chain_appends_queries_and_verifies,
     timestamps_round_trip_at_microseconds,
+    projects_round_trip_and_conflict,
+    project_tasks_number_follow_and_cascade,
+    project_task_numbers_unique_under_concurrency,
 );
 
 /// Store fixtures shared by the suite.
@@ -172,6 +179,11 @@ mod fixtures {
 }
 
 mod suite {
+    pub use super::projects::{
+        project_task_numbers_unique_under_concurrency, project_tasks_number_follow_and_cascade,
+        projects_round_trip_and_conflict,
+    };
+
     use super::fixtures::*;
     use super::*;
 

@@ -16,7 +16,7 @@ use crate::protocol::{
 /// `GET /api/me`.
 #[utoipa::path(
     get,
-    path = "/api/me",
+    path = "/me",
     tag = "users",
     responses(
         (status = 200, description = "The caller", body = crate::protocol::UserView),
@@ -30,7 +30,7 @@ pub async fn me(State(s): State<AppState>, p: Principal) -> Result<Json<UserView
 /// `POST /api/admin/users`.
 #[utoipa::path(
     post,
-    path = "/api/admin/users",
+    path = "/admin/users",
     tag = "users",
     request_body = crate::protocol::CreateUserRequest,
     responses(
@@ -56,7 +56,7 @@ pub async fn create_user(
 /// `GET /api/admin/users`.
 #[utoipa::path(
     get,
-    path = "/api/admin/users",
+    path = "/admin/users",
     tag = "users",
     responses(
         (status = 200, description = "Every user", body = Vec<crate::protocol::UserView>),
@@ -71,7 +71,7 @@ pub async fn list_users(State(s): State<AppState>, p: Principal) -> Result<Json<
 /// `POST /api/admin/users/{user_id}/roles`.
 #[utoipa::path(
     post,
-    path = "/api/admin/users/{user_id}/roles",
+    path = "/admin/users/{user_id}/roles",
     tag = "users",
     params(("user_id" = String, Path)), request_body = crate::protocol::RoleRequest,
     responses(
@@ -95,7 +95,7 @@ pub async fn assign_role(
 /// `DELETE /api/admin/users/{user_id}/roles/{role}`.
 #[utoipa::path(
     delete,
-    path = "/api/admin/users/{user_id}/roles/{role}",
+    path = "/admin/users/{user_id}/roles/{role}",
     tag = "users",
     params(("user_id" = String, Path), ("role" = String, Path)),
     responses(
@@ -117,7 +117,7 @@ pub async fn revoke_role(
 /// `POST /api/admin/users/{user_id}/permissions`.
 #[utoipa::path(
     post,
-    path = "/api/admin/users/{user_id}/permissions",
+    path = "/admin/users/{user_id}/permissions",
     tag = "users",
     params(("user_id" = String, Path)), request_body = crate::protocol::PermissionRequest,
     responses(
@@ -141,7 +141,7 @@ pub async fn adjust_permission(
 /// `POST /api/admin/users/{user_id}/tokens`.
 #[utoipa::path(
     post,
-    path = "/api/admin/users/{user_id}/tokens",
+    path = "/admin/users/{user_id}/tokens",
     tag = "users",
     params(("user_id" = String, Path)),
     responses(
@@ -167,7 +167,7 @@ pub async fn issue_token(
 /// `DELETE /api/admin/users/{user_id}/tokens`.
 #[utoipa::path(
     delete,
-    path = "/api/admin/users/{user_id}/tokens",
+    path = "/admin/users/{user_id}/tokens",
     tag = "users",
     params(("user_id" = String, Path)),
     responses(
@@ -190,7 +190,7 @@ pub async fn revoke_tokens(
 /// with `admin:system`).
 #[utoipa::path(
     get,
-    path = "/api/presence",
+    path = "/presence",
     tag = "users",
     responses(
         (status = 200, description = "Open connections", body = Vec<crate::presence::PresenceView>),

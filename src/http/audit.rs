@@ -21,7 +21,8 @@ pub struct Limit {
 /// `GET /api/audit/events`.
 #[utoipa::path(
     get,
-    path = "/api/audit/events",
+    operation_id = "audit_events",
+    path = "/audit/events",
     tag = "audit",
     params(crate::runtime::audit::AuditFilter),
     responses(
@@ -42,7 +43,7 @@ pub async fn events(
 /// `GET /api/audit/users/{user_id}/activity`.
 #[utoipa::path(
     get,
-    path = "/api/audit/users/{user_id}/activity",
+    path = "/audit/users/{user_id}/activity",
     tag = "audit",
     params(("user_id" = String, Path), Limit),
     responses(
@@ -65,7 +66,7 @@ pub async fn user_activity(
 /// `GET /api/audit/sessions/{session_id}/activity`.
 #[utoipa::path(
     get,
-    path = "/api/audit/sessions/{session_id}/activity",
+    path = "/audit/sessions/{session_id}/activity",
     tag = "audit",
     params(("session_id" = uuid::Uuid, Path), Limit),
     responses(
@@ -88,7 +89,8 @@ pub async fn session_activity(
 /// `GET /api/audit/verify`.
 #[utoipa::path(
     get,
-    path = "/api/audit/verify",
+    operation_id = "verify_audit",
+    path = "/audit/verify",
     tag = "audit",
     responses(
         (status = 200, description = "The chain check", body = crate::audit::Verification),

@@ -1,20 +1,22 @@
 //! The OpenAPI 3.1 description of every REST route, generated from the
 //! handlers' `#[utoipa::path]` attributes and the wire types in
-//! [`crate::protocol`]. Served without authentication at
-//! `GET /api/openapi.json` (it describes the API, it reveals no data), and
-//! checked in at `protocol/openapi.json` (the `schemas` test keeps the two
-//! equal).
+//! [`crate::protocol`]. Its paths come from the same list that builds the
+//! router ([`super::rest`]), so a route cannot be served undocumented.
+//! Served without authentication at `GET /api/openapi.json` (it describes
+//! the API, it reveals no data), and checked in at `protocol/openapi.json`
+//! (the `schemas` test keeps the two equal).
 
 use std::sync::LazyLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, audit, health, phase1_tasks, projects, sessions, tasks};
-
-/// The document.
+/// The document's frame: info, security, tags. The paths are added by
+/// [`super::rest`].
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -25,56 +27,13 @@ use super::{admin, audit, health, phase1_tasks, projects, sessions, tasks};
                        needs `Authorization: Bearer <token>`.",
         license(name = "Apache-2.0")
     ),
-    paths(
-        health::health,
-        health::health_alias,
-        health::ready,
-        health::metrics,
-        admin::me,
-        admin::create_user,
-        admin::list_users,
-        admin::assign_role,
-        admin::revoke_role,
-        admin::adjust_permission,
-        admin::issue_token,
-        admin::revoke_tokens,
-        admin::presence,
-        sessions::create,
-        sessions::list,
-        sessions::get,
-        sessions::end,
-        sessions::events,
-        tasks::submit,
-        tasks::list,
-        tasks::detail,
-        tasks::state,
-        tasks::cancel,
-        tasks::respond,
-        tasks::agents,
-        tasks::skills,
-        audit::events,
-        audit::user_activity,
-        audit::session_activity,
-        audit::verify,
-        projects::list,
-        projects::create,
-        projects::get,
-        projects::update,
-        projects::delete,
-        phase1_tasks::list,
-        phase1_tasks::create,
-        phase1_tasks::execute,
-        phase1_tasks::get,
-        phase1_tasks::update,
-        phase1_tasks::delete,
-        phase1_tasks::agents_available,
-        phase1_tasks::agent_types,
-    ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(
         (name = "health", description = "Liveness, readiness, metrics (no auth)"),
+        (name = "meta", description = "This document (no auth)"),
         (name = "users", description = "The caller, users, roles, grants, tokens, presence"),
+        (name = "devices", description = "Device registration, proof challenges and trust"),
         (name = "sessions", description = "Runtime sessions and their event streams"),
         (name = "tasks", description = "Runtime (Phase 2) tasks"),
         (name = "agents", description = "Agent and skill discovery"),
@@ -97,9 +56,70 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The answers every authenticated operation can give whatever it does,
+/// added to each so that no handler can forget them: `429` once an address
+/// has failed to authenticate too often, and `503` while the store is not
+/// answering.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| -> RefOr<Response> {
+            let body = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                .build();
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content("application/json", body)
+                    .build(),
+            )
+        };
+        for item in doc.paths.paths.values_mut() {
+            for op in operations(item) {
+                if is_public(op) {
+                    continue;
+                }
+                let responses = &mut op.responses.responses;
+                responses.entry("429".into()).or_insert_with(|| {
+                    error("Too many failed authentications from this address; see Retry-After")
+                });
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| error("The store is not answering; try again shortly"));
+            }
+        }
+    }
+}
+
+/// The operations of one path.
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.options.as_mut(),
+        item.head.as_mut(),
+        item.patch.as_mut(),
+        item.trace.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Whether an operation needs no token (`security(())`).
+fn is_public(op: &Operation) -> bool {
+    op.security
+        .as_ref()
+        .is_some_and(|s| s.iter().all(|req| *req == Default::default()))
+}
+
 /// The document as pretty JSON with a final newline, exactly as checked in.
 pub fn document() -> String {
-    let mut text = ApiDoc::openapi()
+    let mut doc = super::rest().into_openapi();
+    CommonResponses.modify(&mut doc);
+    let mut text = doc
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
     text.push('\n');
@@ -108,7 +128,17 @@ pub fn document() -> String {
 
 static DOCUMENT: LazyLock<String> = LazyLock::new(document);
 
-/// `GET /api/openapi.json`: no token needed.
+/// `GET /api/openapi.json`: this document; no token needed.
+#[utoipa::path(
+    get,
+    operation_id = "get_openapi",
+    path = "/openapi.json",
+    tag = "meta",
+    security(()),
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)
+    )
+)]
 pub async fn serve() -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], DOCUMENT.as_str())
 }

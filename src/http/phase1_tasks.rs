@@ -15,7 +15,8 @@ use crate::protocol::phase1::{
 /// `GET /api/tasks`.
 #[utoipa::path(
     get,
-    path = "/api/tasks",
+    operation_id = "list_project_tasks",
+    path = "/tasks",
     tag = "phase1",
     params(crate::protocol::phase1::ProjectTaskListQuery),
     responses(
@@ -40,7 +41,8 @@ pub async fn list(
 /// `POST /api/tasks`.
 #[utoipa::path(
     post,
-    path = "/api/tasks",
+    operation_id = "create_project_task",
+    path = "/tasks",
     tag = "phase1",
     request_body = crate::protocol::phase1::ProjectTaskCreate,
     responses(
@@ -66,7 +68,8 @@ pub async fn create(
 /// `GET /api/tasks/{id}`.
 #[utoipa::path(
     get,
-    path = "/api/tasks/{id}",
+    operation_id = "get_project_task",
+    path = "/tasks/{id}",
     tag = "phase1",
     params(("id" = i64, Path)),
     responses(
@@ -88,7 +91,8 @@ pub async fn get(
 /// `PATCH /api/tasks/{id}`.
 #[utoipa::path(
     patch,
-    path = "/api/tasks/{id}",
+    operation_id = "update_project_task",
+    path = "/tasks/{id}",
     tag = "phase1",
     params(("id" = i64, Path)), request_body = crate::protocol::phase1::ProjectTaskUpdate,
     responses(
@@ -112,7 +116,8 @@ pub async fn update(
 /// `DELETE /api/tasks/{id}`.
 #[utoipa::path(
     delete,
-    path = "/api/tasks/{id}",
+    operation_id = "delete_project_task",
+    path = "/tasks/{id}",
     tag = "phase1",
     params(("id" = i64, Path)),
     responses(
@@ -136,7 +141,8 @@ pub async fn delete(
 /// client goes away.
 #[utoipa::path(
     post,
-    path = "/api/tasks/execute",
+    operation_id = "execute_project_task",
+    path = "/tasks/execute",
     tag = "phase1",
     request_body = crate::protocol::phase1::ExecuteRequest,
     responses(
@@ -160,7 +166,7 @@ pub async fn execute(
 /// `GET /api/agents/available`: names of the agents that can run.
 #[utoipa::path(
     get,
-    path = "/api/agents/available",
+    path = "/agents/available",
     tag = "phase1",
     responses(
         (status = 200, description = "Names of the agents that can run", body = Vec<String>),
@@ -178,7 +184,7 @@ pub async fn agents_available(
 /// `GET /api/agents/types`: names of every configured agent.
 #[utoipa::path(
     get,
-    path = "/api/agents/types",
+    path = "/agents/types",
     tag = "phase1",
     responses(
         (status = 200, description = "Names of every agent", body = Vec<String>),

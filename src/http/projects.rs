@@ -12,7 +12,8 @@ use crate::protocol::phase1::{ProjectCreate, ProjectListQuery, ProjectUpdate, Pr
 /// `GET /api/projects`.
 #[utoipa::path(
     get,
-    path = "/api/projects",
+    operation_id = "list_projects",
+    path = "/projects",
     tag = "phase1",
     params(crate::protocol::phase1::ProjectListQuery),
     responses(
@@ -33,7 +34,8 @@ pub async fn list(
 /// `POST /api/projects`.
 #[utoipa::path(
     post,
-    path = "/api/projects",
+    operation_id = "create_project",
+    path = "/projects",
     tag = "phase1",
     request_body = crate::protocol::phase1::ProjectCreate,
     responses(
@@ -59,7 +61,8 @@ pub async fn create(
 /// `GET /api/projects/{id}`.
 #[utoipa::path(
     get,
-    path = "/api/projects/{id}",
+    operation_id = "get_project",
+    path = "/projects/{id}",
     tag = "phase1",
     params(("id" = i64, Path)),
     responses(
@@ -81,7 +84,8 @@ pub async fn get(
 /// `PATCH /api/projects/{id}`.
 #[utoipa::path(
     patch,
-    path = "/api/projects/{id}",
+    operation_id = "update_project",
+    path = "/projects/{id}",
     tag = "phase1",
     params(("id" = i64, Path)), request_body = crate::protocol::phase1::ProjectUpdate,
     responses(
@@ -106,7 +110,8 @@ pub async fn update(
 /// `DELETE /api/projects/{id}`.
 #[utoipa::path(
     delete,
-    path = "/api/projects/{id}",
+    operation_id = "delete_project",
+    path = "/projects/{id}",
     tag = "phase1",
     params(("id" = i64, Path)),
     responses(

@@ -21,7 +21,8 @@ use crate::protocol::{CreateSessionRequest, EventList, EventsQuery, SessionView}
 /// `POST /api/runtime/sessions`: fields from the JSON body or the query.
 #[utoipa::path(
     post,
-    path = "/api/runtime/sessions",
+    operation_id = "create_session",
+    path = "/runtime/sessions",
     tag = "sessions",
     params(crate::protocol::CreateSessionRequest), request_body(content = Option<crate::protocol::CreateSessionRequest>, description = "Optional; the same fields as the query"),
     responses(
@@ -48,7 +49,8 @@ pub async fn create(
 /// `GET /api/runtime/sessions`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/sessions",
+    operation_id = "list_sessions",
+    path = "/runtime/sessions",
     tag = "sessions",
     responses(
         (status = 200, description = "Sessions", body = Vec<crate::protocol::SessionView>),
@@ -63,7 +65,8 @@ pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<Se
 /// `GET /api/runtime/sessions/{id}`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/sessions/{session_id}",
+    operation_id = "get_session",
+    path = "/runtime/sessions/{session_id}",
     tag = "sessions",
     params(("session_id" = uuid::Uuid, Path)),
     responses(
@@ -85,7 +88,8 @@ pub async fn get(
 /// `DELETE /api/runtime/sessions/{id}`.
 #[utoipa::path(
     delete,
-    path = "/api/runtime/sessions/{session_id}",
+    operation_id = "end_session",
+    path = "/runtime/sessions/{session_id}",
     tag = "sessions",
     params(("session_id" = uuid::Uuid, Path)),
     responses(
@@ -109,9 +113,10 @@ pub async fn end(
 /// resuming after `Last-Event-ID` (or `after_seq`).
 #[utoipa::path(
     get,
-    path = "/api/runtime/sessions/{session_id}/events",
+    operation_id = "session_events",
+    path = "/runtime/sessions/{session_id}/events",
     tag = "sessions",
-    params(("session_id" = uuid::Uuid, Path), crate::protocol::EventsQuery, ("Last-Event-ID" = Option<i64>, Header, description = "SSE: resume after this seq")),
+    params(("session_id" = uuid::Uuid, Path), crate::protocol::EventsQuery, ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "SSE: resume after this seq")),
     responses(
         (status = 200, description = "Stored events (JSON), or with `Accept: text/event-stream` a live SSE stream whose `data:` lines are WebSocket event frames", content((crate::protocol::EventList = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "Bad request", body = crate::error::ErrorResponse),

@@ -16,7 +16,8 @@ use crate::runtime::TaskQuery;
 /// `POST /api/runtime/tasks/submit`.
 #[utoipa::path(
     post,
-    path = "/api/runtime/tasks/submit",
+    operation_id = "submit_task",
+    path = "/runtime/tasks/submit",
     tag = "tasks",
     request_body = crate::protocol::SubmitRequest,
     responses(
@@ -40,7 +41,8 @@ pub async fn submit(
 /// `GET /api/runtime/tasks`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/tasks",
+    operation_id = "list_tasks",
+    path = "/runtime/tasks",
     tag = "tasks",
     params(crate::protocol::TaskListQuery),
     responses(
@@ -68,7 +70,8 @@ pub async fn list(
 /// `GET /api/runtime/tasks/{id}`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/tasks/{task_id}",
+    operation_id = "get_task",
+    path = "/runtime/tasks/{task_id}",
     tag = "tasks",
     params(("task_id" = uuid::Uuid, Path)),
     responses(
@@ -90,7 +93,8 @@ pub async fn detail(
 /// `GET /api/runtime/tasks/{id}/state`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/tasks/{task_id}/state",
+    operation_id = "get_task_state",
+    path = "/runtime/tasks/{task_id}/state",
     tag = "tasks",
     params(("task_id" = uuid::Uuid, Path)),
     responses(
@@ -112,7 +116,8 @@ pub async fn state(
 /// `POST /api/runtime/tasks/{id}/cancel`.
 #[utoipa::path(
     post,
-    path = "/api/runtime/tasks/{task_id}/cancel",
+    operation_id = "cancel_task",
+    path = "/runtime/tasks/{task_id}/cancel",
     tag = "tasks",
     params(("task_id" = uuid::Uuid, Path)),
     responses(
@@ -135,7 +140,8 @@ pub async fn cancel(
 /// `POST /api/runtime/tasks/{id}/respond`.
 #[utoipa::path(
     post,
-    path = "/api/runtime/tasks/{task_id}/respond",
+    operation_id = "respond_task",
+    path = "/runtime/tasks/{task_id}/respond",
     tag = "tasks",
     params(("task_id" = uuid::Uuid, Path)), request_body = crate::protocol::RespondRequest,
     responses(
@@ -160,7 +166,8 @@ pub async fn respond(
 /// `GET /api/runtime/agents`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/agents",
+    operation_id = "list_agents",
+    path = "/runtime/agents",
     tag = "agents",
     responses(
         (status = 200, description = "Agents", body = Vec<crate::agent::AgentInfo>),
@@ -175,7 +182,8 @@ pub async fn agents(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<
 /// `GET /api/runtime/skills`.
 #[utoipa::path(
     get,
-    path = "/api/runtime/skills",
+    operation_id = "list_skills",
+    path = "/runtime/skills",
     tag = "agents",
     responses(
         (status = 200, description = "Skills", body = Vec<crate::protocol::SkillView>),

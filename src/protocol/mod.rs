@@ -193,6 +193,10 @@ pub struct SubmitRequest {
     /// A skill: the node picks an available agent that provides it.
     pub skill: Option<String>,
     pub prompt: String,
+    /// One of the caller's active sessions; without it, the default one.
+    // Documented as not nullable (a `null` is taken as absent all the
+    // same): schemathesis 4.1's generator breaks on a nullable `uuid`.
+    #[schema(nullable = false)]
     pub session_id: Option<Uuid>,
     #[serde(default)]
     pub context: Option<Value>,

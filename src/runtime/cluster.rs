@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentInfo, Answer};
 use crate::runtime::Runtime;
-use crate::store::{Cluster, Signal};
+use crate::store::{Cluster, NodeAgent, Signal};
 
 impl Runtime {
     /// The lease of a running task (`[limits] lease_ms`).
@@ -35,7 +35,24 @@ impl Runtime {
         &self,
         cluster: &dyn Cluster,
     ) -> crate::error::Result<Vec<AgentInfo>> {
-        let live = cluster.live_agents(self.lease()).await?;
+        let mut live = cluster.live_agents(self.lease()).await?;
+        // This node is live by definition: until its first heartbeat is
+        // stored (just after start) its own agents come from memory, so
+        // that a fresh node never lists none of them.
+        if !live.iter().any(|na| na.node_id == self.node_id) {
+            let at = crate::event::now();
+            live.extend(
+                self.engine
+                    .agents()
+                    .list()
+                    .into_iter()
+                    .map(|info| NodeAgent {
+                        node_id: self.node_id.clone(),
+                        info,
+                        heartbeat_at: at,
+                    }),
+            );
+        }
         Ok(live
             .into_iter()
             .map(|na| {

@@ -19,18 +19,23 @@ use crate::runtime::Runtime;
 const NONCE_TTL_SECS: i64 = 300;
 
 /// `POST /api/devices` body.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct RegisterDevice {
+    /// 1 to 128 characters, no `/` nor control characters; unique across
+    /// users.
     pub device_id: String,
+    /// A label for people (default: the id).
     pub name: Option<String>,
     /// Hex Ed25519 public key.
     pub public_key: Option<String>,
 }
 
 /// `POST /api/devices/challenge` reply.
-#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Challenge {
+    /// Single use, for this user only.
     pub nonce: String,
+    /// Until when it can be used.
     #[serde(with = "crate::protocol::micros")]
     pub expires_at: chrono::DateTime<chrono::Utc>,
     /// What to sign, with `<nonce>`, `<user_id>` and `<device_id>` filled in.

@@ -122,15 +122,13 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
-/// Everything the node keeps. Implementations: [`sqlite::SqliteStore`] and
-/// [`postgres::PostgresStore`], which run the same test suite
-/// (`tests/store.rs`).
 /// Phase 1's projects, project tasks and their executions. A part of
 /// [`Store`] kept apart because it is a separate product surface.
 ///
 /// Writes take the audit records to commit with them. Methods that change
 /// one row answer `false` (or `None`) when the row does not exist; a taken
-/// project key is a `conflict`.
+/// project key is a `conflict`. Task numbers are handed out one by one per
+/// project even to several nodes writing at once.
 #[async_trait]
 pub trait ProjectStore: Send + Sync + 'static {
     /// Store a new project (its `id` is ignored) and return it with its id.
@@ -177,8 +175,9 @@ pub trait ProjectStore: Send + Sync + 'static {
     async fn create_execution(&self, execution: &Execution) -> Result<i64>;
 }
 
-/// Everything the node keeps. Implementations: [`sqlite::SqliteStore`] (and
-/// PostgreSQL, which runs the same test suite).
+/// Everything the node keeps. Implementations: [`sqlite::SqliteStore`] and
+/// [`postgres::PostgresStore`], which run the same test suite
+/// (`tests/store.rs`, with the Phase 1 part in `tests/store/projects.rs`).
 #[async_trait]
 pub trait Store: ProjectStore + Send + Sync + 'static {
     /// Whether the store answers (for `/readyz`).
