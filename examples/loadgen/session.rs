@@ -170,9 +170,14 @@ impl<'a> Run<'a> {
         let n = plan.sessions.len();
         // Follow sessions of the same user (connection i is user i % users),
         // since nobody else's are visible without admin:system.
-        let stride = self.shared.hellos.len();
-        for k in 1..=args.fanout {
-            if let Some(Some(other)) = plan.sessions.get((i + k * stride) % n) {
+        // Connections u, u + users, u + 2 * users, ... share a user: walk
+        // that ring from i, never wrapping round to i itself.
+        let users = self.shared.hellos.len();
+        let (user, place) = (i % users, i / users);
+        let ring = (n - user).div_ceil(users);
+        for k in (1..=args.fanout).take_while(|k| *k < ring) {
+            let j = user + (place + k) % ring * users;
+            if let Some(Some(other)) = plan.sessions.get(j) {
                 let sub = format!(r#"{{"op":"subscribe","id":0,"stream":"session:{other}"}}"#);
                 ws.feed(Message::text(sub)).await?;
             }
