@@ -316,43 +316,48 @@ async fn insert_tasks(tx: &mut Transaction<'_, Sqlite>, tasks: &[&Task]) -> Resu
 /// Read, inside `tx`, what a batch needs to plan: the stored state of each
 /// task it names and the last sequence number of each session.
 async fn plan_batch(tx: &mut Transaction<'_, Sqlite>, batch: &[Append]) -> Result<BatchPlan> {
-    let mut task_ids: Vec<String> = batch.iter().map(|a| a.task_id.to_string()).collect();
-    task_ids.sort_unstable();
-    task_ids.dedup();
-    let mut session_ids: Vec<String> = batch.iter().map(|a| a.session_id.to_string()).collect();
-    session_ids.sort_unstable();
-    session_ids.dedup();
-
-    let mut q = QueryBuilder::<Sqlite>::new("SELECT task_id, state FROM tasks WHERE task_id IN (");
-    let mut list = q.separated(", ");
-    for id in task_ids {
-        list.push_bind(id);
-    }
-    list.push_unseparated(")");
-    let tasks = q
-        .build_query_as::<(String, String)>()
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|(id, state)| Ok((uuid(&id)?, state.parse::<TaskState>().map_err(corrupt)?)))
-        .collect::<Result<Vec<_>>>()?;
-
-    let mut q = QueryBuilder::<Sqlite>::new(
+    let tasks = select_in(
+        tx,
+        "SELECT task_id, state FROM tasks WHERE task_id IN (",
+        batch.iter().map(|a| a.task_id),
+    )
+    .await?
+    .into_iter()
+    .map(|(id, state): (String, String)| {
+        Ok((uuid(&id)?, state.parse::<TaskState>().map_err(corrupt)?))
+    })
+    .collect::<Result<Vec<_>>>()?;
+    let sessions = select_in(
+        tx,
         "SELECT session_id, last_seq FROM sessions WHERE session_id IN (",
-    );
+        batch.iter().map(|a| a.session_id),
+    )
+    .await?
+    .into_iter()
+    .map(|(id, seq): (String, i64)| Ok((uuid(&id)?, seq)))
+    .collect::<Result<Vec<_>>>()?;
+    Ok(BatchPlan::new(tasks, sessions))
+}
+
+/// Run `select` (ending in `IN (`) over the distinct `ids`.
+async fn select_in<T>(
+    tx: &mut Transaction<'_, Sqlite>,
+    select: &str,
+    ids: impl Iterator<Item = Uuid>,
+) -> Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+{
+    let mut ids: Vec<String> = ids.map(|id| id.to_string()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut q = QueryBuilder::<Sqlite>::new(select);
     let mut list = q.separated(", ");
-    for id in session_ids {
+    for id in ids {
         list.push_bind(id);
     }
     list.push_unseparated(")");
-    let sessions = q
-        .build_query_as::<(String, i64)>()
-        .fetch_all(&mut **tx)
-        .await?
-        .into_iter()
-        .map(|(id, seq)| Ok((uuid(&id)?, seq)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BatchPlan::new(tasks, sessions))
+    Ok(q.build_query_as::<T>().fetch_all(&mut **tx).await?)
 }
 
 /// Write back what a planned batch changed: each task and session row once,
