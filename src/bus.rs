@@ -1,57 +1,183 @@
-//! Live fan-out of stored events to the subscribers on this node.
+//! Live fan-out of stored events to the consumers on this node.
 //!
-//! The bus is only an optimisation of reading the store: a [`Cursor`] delivers
-//! a stream in `seq` order from the store and switches to the bus for live
-//! events, and whenever the bus skips (a subscriber lagged behind the bounded
-//! ring, or a node's notification was lost) it reads the missing range back
-//! from the store. So nothing is ever dropped, and memory per subscriber is
-//! bounded by the ring size, shared by every subscriber of a stream.
+//! The bus is only an optimisation of reading the store. Each consumer (a
+//! WebSocket connection, an SSE response) owns one [`Inbox`]; the bus keeps,
+//! per stream, the inboxes subscribed to it, and [`Bus::publish`] puts the
+//! event's [`Frame`] (serialized once, shared by every subscriber) into each
+//! of them. An inbox is bounded: when its consumer falls behind, further
+//! events are dropped and the inbox is marked lagged, and the consumer's
+//! [`Follower`] reads what it missed back from the store. So nothing is lost,
+//! memory per slow consumer is bounded, and an idle consumer costs one small
+//! queue that holds no buffer.
 //!
-//! Each event is serialized once at publish time and the bytes are shared by
-//! every subscriber.
+//! A stream's entry lives exactly as long as it has subscribers: the last
+//! unsubscribe removes it.
+
+mod follow;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::Mutex;
+use std::task::Context;
 
-use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
-use tokio::sync::broadcast;
+use futures_util::task::AtomicWaker;
 
-use crate::error::Result;
 use crate::event::StreamKey;
-use crate::protocol::ws::{audit_event_frame, session_event_frame};
-use crate::store::Store;
+use crate::ws::frame::Frame;
 
-/// How many events a stream's ring keeps for slow subscribers before they
-/// fall back to the store.
-/// Small on purpose: `broadcast` allocates the ring up front for every
-/// stream (a session each), and a subscriber that falls behind it loses
-/// nothing, it only reads from the store for a while.
-pub const RING_CAPACITY: usize = 64;
+pub use follow::{Cursor, Follower, read_stored};
 
-/// How many stored events a catch-up reads at a time.
-const PAGE: i64 = 256;
+/// How many events an inbox holds before its consumer counts as lagging.
+pub const RING_CAPACITY: usize = 1024;
+/// How many bytes of events an inbox holds before the same.
+const MAX_INBOX_BYTES: usize = 1 << 20;
 
 /// One event, ready to send: its position and its serialized frame.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Position in its stream.
     pub seq: i64,
-    /// The JSON text of the `event` frame.
-    pub frame: Utf8Bytes,
+    /// The `event` frame (its payload is the JSON text).
+    pub frame: Frame,
 }
 
-/// Per-stream broadcast rings, created on first subscribe.
+/// What a consumer finds in its inbox.
 #[derive(Debug)]
-pub struct Bus {
-    streams: DashMap<StreamKey, broadcast::Sender<Delivery>>,
-    ring: usize,
+pub enum Item {
+    /// A live event of a stream it subscribed to.
+    Event(StreamKey, Delivery),
+    /// The reply to one of its requests.
+    Reply(Frame),
+    /// A `subscribe` finished: when `after` is set, the subscription is in
+    /// place on the bus and `key` is delivered after that seq. Then `reply`.
+    Subscribed {
+        /// The stream.
+        key: StreamKey,
+        /// Deliver what comes after this seq; `None` when refused.
+        after: Option<i64>,
+        /// The reply to the `subscribe` request.
+        reply: Frame,
+    },
+    /// The consumer's principal changed (a role change).
+    Principal(std::sync::Arc<crate::auth::Principal>),
 }
 
-impl Default for Bus {
-    fn default() -> Self {
-        Bus::with_ring(RING_CAPACITY)
+/// What [`Inbox::drain`] found besides items.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Drained {
+    /// Events were dropped since the last drain: catch up from the store.
+    pub lagged: bool,
+    /// The node asks the consumer to close with this code and reason.
+    pub close: Option<(u16, &'static str)>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    events: usize,
+    bytes: usize,
+    lagged: bool,
+    close: Option<(u16, &'static str)>,
+}
+
+/// A consumer's bounded queue of events and replies, and its wake-up.
+#[derive(Debug)]
+pub struct Inbox {
+    /// A std mutex is right: it is held for one push or one drain, never
+    /// across an await, and only the publisher and the consumer take it.
+    queue: Mutex<Queue>,
+    waker: AtomicWaker,
+    max_events: usize,
+}
+
+impl Inbox {
+    /// An inbox holding up to `max_events` events.
+    pub fn new(max_events: usize) -> Self {
+        Inbox {
+            queue: Mutex::new(Queue::default()),
+            waker: AtomicWaker::new(),
+            max_events: max_events.max(1),
+        }
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue a live event, or drop it and mark the inbox lagged when full.
+    fn push_event(&self, key: StreamKey, seq: i64, frame: &Frame) {
+        let mut q = self.lock();
+        if q.events >= self.max_events || q.bytes + frame.len() > MAX_INBOX_BYTES {
+            if !q.lagged {
+                q.lagged = true;
+                metrics::counter!("switchboard_subscriber_lagged_total").increment(1);
+                drop(q);
+                self.waker.wake();
+            }
+            return;
+        }
+        let was_empty = q.items.is_empty();
+        q.events += 1;
+        q.bytes += frame.len();
+        q.items.push_back(Item::Event(
+            key,
+            Delivery {
+                seq,
+                frame: frame.clone(),
+            },
+        ));
+        drop(q);
+        if was_empty {
+            self.waker.wake();
+        }
+    }
+
+    /// Queue a reply or a notice; these are never dropped (a consumer has a
+    /// bounded number of requests in flight).
+    pub fn push(&self, item: Item) {
+        let mut q = self.lock();
+        let was_empty = q.items.is_empty();
+        q.items.push_back(item);
+        drop(q);
+        if was_empty {
+            self.waker.wake();
+        }
+    }
+
+    /// Ask the consumer to close with `code` and `reason`.
+    pub fn close(&self, code: u16, reason: &'static str) {
+        self.lock().close.get_or_insert((code, reason));
+        self.waker.wake();
+    }
+
+    /// Move everything queued into `out`; registers `cx` to be woken when
+    /// more arrives.
+    pub fn drain(&self, cx: &Context<'_>, out: &mut VecDeque<Item>) -> Drained {
+        self.waker.register(cx.waker());
+        let mut q = self.lock();
+        out.extend(q.items.drain(..));
+        if q.items.capacity() > 64 {
+            q.items = VecDeque::new();
+        }
+        q.events = 0;
+        q.bytes = 0;
+        Drained {
+            lagged: std::mem::take(&mut q.lagged),
+            close: q.close,
+        }
+    }
+
+    /// The close request, if any, without draining; registers `cx`.
+    pub fn close_requested(&self, cx: &Context<'_>) -> Option<(u16, &'static str)> {
+        self.waker.register(cx.waker());
+        self.lock().close
+    }
+}
+
+/// The subscribers of every stream that has some.
+#[derive(Debug, Default)]
+pub struct Bus {
+    streams: DashMap<StreamKey, Vec<std::sync::Arc<Inbox>>>,
 }
 
 impl Bus {
@@ -60,182 +186,88 @@ impl Bus {
         Bus::default()
     }
 
-    /// A bus whose per-stream rings hold `ring` events.
-    pub fn with_ring(ring: usize) -> Self {
-        Bus {
-            streams: DashMap::new(),
-            ring: ring.max(1),
+    /// Deliver the live events of `key` to `inbox` from now on.
+    pub fn subscribe(&self, key: StreamKey, inbox: &std::sync::Arc<Inbox>) {
+        let mut subs = self.streams.entry(key).or_default();
+        if !subs.iter().any(|i| std::sync::Arc::ptr_eq(i, inbox)) {
+            subs.push(inbox.clone());
         }
     }
 
-    /// Receive the live events of `key` from now on.
-    pub fn subscribe(&self, key: StreamKey) -> broadcast::Receiver<Delivery> {
-        self.streams
-            .entry(key)
-            .or_insert_with(|| broadcast::channel(self.ring).0)
-            .subscribe()
+    /// Stop delivering `key` to `inbox`; the stream's entry goes with its
+    /// last subscriber.
+    pub fn unsubscribe(&self, key: StreamKey, inbox: &std::sync::Arc<Inbox>) {
+        if let Some(mut subs) = self.streams.get_mut(&key) {
+            subs.retain(|i| !std::sync::Arc::ptr_eq(i, inbox));
+        }
+        self.streams.remove_if(&key, |_, subs| subs.is_empty());
     }
 
     /// Whether anyone listens to `key`, so that publishers can skip
     /// serializing events nobody will read.
     pub fn has_subscribers(&self, key: &StreamKey) -> bool {
-        self.streams
-            .get(key)
-            .is_some_and(|tx| tx.receiver_count() > 0)
+        self.streams.get(key).is_some_and(|s| !s.is_empty())
     }
 
     /// Publish an event that is already stored. `frame` is called at most
     /// once, and only when someone listens.
-    pub fn publish(&self, key: StreamKey, seq: i64, frame: impl FnOnce() -> String) {
-        let Some(tx) = self.streams.get(&key).map(|tx| tx.clone()) else {
+    pub fn publish(&self, key: StreamKey, seq: i64, frame: impl FnOnce() -> Frame) {
+        let Some(subs) = self.streams.get(&key) else {
             return;
         };
-        if tx.receiver_count() == 0 {
-            // The last subscriber left: forget the ring.
-            self.streams
-                .remove_if(&key, |_, tx| tx.receiver_count() == 0);
+        if subs.is_empty() {
             return;
         }
-        metrics::counter!("switchboard_events_published_total").increment(1);
-        let _ = tx.send(Delivery {
-            seq,
-            frame: frame().into(),
-        });
+        let frame = frame();
+        for inbox in subs.iter() {
+            inbox.push_event(key, seq, &frame);
+        }
     }
 
-    /// The streams that have a ring (someone subscribed at some point).
+    /// The streams that have subscribers.
     pub fn keys(&self) -> Vec<StreamKey> {
         self.streams.iter().map(|e| *e.key()).collect()
     }
 
-    /// Number of streams with a ring (for metrics and tests).
+    /// Number of streams with subscribers (for metrics and tests).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
     }
 }
 
-/// A reader of one stream, in order, without gaps or duplicates: stored
-/// events after a position first, then live ones.
-pub struct Cursor {
-    key: StreamKey,
-    last: i64,
-    rx: broadcast::Receiver<Delivery>,
-    backlog: VecDeque<Delivery>,
-    /// Whether the last store read may have left events behind; true at
-    /// first, so that the first `next` replays what is stored.
-    more_stored: bool,
-    store: Arc<dyn Store>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
 
-impl Cursor {
-    /// Start reading `key` after `after_seq`. Subscribes to the bus before
-    /// reading the store, so that nothing committed in between is missed.
-    pub fn new(bus: &Bus, store: Arc<dyn Store>, key: StreamKey, after_seq: i64) -> Self {
-        Cursor {
-            key,
-            last: after_seq.max(0),
-            rx: bus.subscribe(key),
-            backlog: VecDeque::new(),
-            more_stored: true,
-            store,
+    fn noop_cx() -> Context<'static> {
+        Context::from_waker(futures_util::task::noop_waker_ref())
+    }
+
+    /// Events reach every subscriber; a full inbox drops and says lagged;
+    /// the stream's entry goes with its last subscriber.
+    #[test]
+    fn publish_subscribe_lag_and_forget() {
+        let bus = Bus::new();
+        let key = StreamKey::Session(uuid::Uuid::new_v4());
+        let (a, b) = (Arc::new(Inbox::new(2)), Arc::new(Inbox::new(8)));
+        bus.subscribe(key, &a);
+        bus.subscribe(key, &b);
+        bus.subscribe(key, &b);
+        for seq in 1..=3 {
+            bus.publish(key, seq, || Frame::text("{}"));
         }
+        let mut out = VecDeque::new();
+        let d = a.drain(&noop_cx(), &mut out);
+        assert!(d.lagged);
+        assert_eq!(out.len(), 2);
+        out.clear();
+        let d = b.drain(&noop_cx(), &mut out);
+        assert!(!d.lagged);
+        assert_eq!(out.len(), 3);
+        bus.unsubscribe(key, &a);
+        assert!(bus.has_subscribers(&key));
+        bus.unsubscribe(key, &b);
+        assert_eq!(bus.stream_count(), 0);
     }
-
-    /// The stream this cursor reads.
-    pub fn key(&self) -> StreamKey {
-        self.key
-    }
-
-    /// The seq of the last event returned.
-    pub fn position(&self) -> i64 {
-        self.last
-    }
-
-    /// Read the store after the cursor's position into the backlog.
-    async fn fill(&mut self) -> Result<()> {
-        let after = self.backlog.back().map_or(self.last, |d| d.seq);
-        // On its own task: the read holds a pooled store connection until it
-        // completes, and this cursor's owner may stop polling it for a long
-        // time (a socket that does not drain). Spawned, the connection goes
-        // back to the pool as soon as the rows are read.
-        let (store, key) = (self.store.clone(), self.key);
-        let frames =
-            tokio::spawn(async move { read_stored(store.as_ref(), key, after, PAGE).await })
-                .await
-                .map_err(|e| {
-                    crate::error::Error::internal(format!("store read task failed: {e}"))
-                })??;
-        self.more_stored = frames.len() as i64 == PAGE;
-        self.backlog.extend(frames);
-        Ok(())
-    }
-
-    /// The next event. Returns `Ok(None)` only when the bus is gone
-    /// (shutdown).
-    pub async fn next(&mut self) -> Result<Option<Delivery>> {
-        loop {
-            if self.backlog.is_empty() && self.more_stored {
-                // The last read filled a whole page: there may be more.
-                self.fill().await?;
-            }
-            if let Some(d) = self.backlog.pop_front() {
-                if d.seq <= self.last {
-                    continue;
-                }
-                self.last = d.seq;
-                return Ok(Some(d));
-            }
-            match self.rx.recv().await {
-                Ok(d) if d.seq <= self.last => continue,
-                Ok(d) if d.seq == self.last + 1 => {
-                    self.last = d.seq;
-                    return Ok(Some(d));
-                }
-                Ok(d) => {
-                    // A gap: the missing events are stored (publish follows
-                    // commit), so read them back, then the live one.
-                    self.fill().await?;
-                    if self.backlog.front().is_none_or(|f| f.seq > d.seq) {
-                        tracing::warn!(stream = %self.key, from = self.last, to = d.seq, "gap not found in store");
-                        self.backlog.push_front(d);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                    metrics::counter!("switchboard_subscriber_lagged_total").increment(1);
-                    tracing::debug!(stream = %self.key, skipped, "subscriber lagged; catching up from the store");
-                    self.fill().await?;
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(None),
-            }
-        }
-    }
-}
-
-/// Stored events of `key` after `after`, as frames.
-pub async fn read_stored(
-    store: &dyn Store,
-    key: StreamKey,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<Delivery>> {
-    Ok(match key {
-        StreamKey::Session(id) => store
-            .events_after(id, after, limit)
-            .await?
-            .iter()
-            .map(|e| Delivery {
-                seq: e.seq,
-                frame: session_event_frame(e).into(),
-            })
-            .collect(),
-        StreamKey::Audit => store
-            .audit_after(after, limit)
-            .await?
-            .iter()
-            .map(|r| Delivery {
-                seq: r.seq,
-                frame: audit_event_frame(r).into(),
-            })
-            .collect(),
-    })
 }

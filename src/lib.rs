@@ -96,7 +96,7 @@ pub async fn serve(
     if config.checkpoints.is_none() {
         config.resolve_checkpoints()?;
     }
-    let bus = Arc::new(Bus::with_ring(config.limits().stream_ring));
+    let bus = Arc::new(Bus::new());
     let store = store::open(&config.database_url, bus.clone()).await?;
     let writer_stop = CancellationToken::new();
     let (writer, writer_done) = EventWriter::spawn(store.clone(), writer_stop.clone());
@@ -146,16 +146,16 @@ pub async fn serve(
     let app = http::router(state.clone());
     tracing::info!(node_id = %config.node_id, "listening on http://{addr}");
     let signal = state.shutdown.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let runtime_for_stop = runtime.clone();
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
         signal.cancel();
-    })
-    .await?;
+        runtime_for_stop
+            .presence()
+            .close_all(presence::CloseReason::Shutdown);
+    });
+    http::serve::run(listener, app, state.shutdown.clone()).await;
 
     // The listener is closed; sockets were told to close (1001).
     state.connections.close();

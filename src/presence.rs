@@ -3,15 +3,14 @@
 //! sockets and a role change can reach them at once.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::bus::{Inbox, Item};
 
 /// Why the server closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,28 +21,31 @@ pub enum CloseReason {
     Shutdown,
 }
 
-/// One live connection, as the registry keeps it.
-struct Entry {
-    user_id: String,
-    session_id: Uuid,
-    device_id: Option<String>,
-    since: DateTime<Utc>,
-    peer: Option<String>,
-    principal: watch::Sender<Principal>,
-    close: CancellationToken,
-    reason: watch::Sender<Option<CloseReason>>,
+impl CloseReason {
+    /// The close code and reason a connection closes with.
+    pub fn close(self) -> (u16, &'static str) {
+        match self {
+            CloseReason::Revoked => (crate::ws::close::UNAUTHORIZED, "token revoked"),
+            CloseReason::Shutdown => (crate::ws::close::GOING_AWAY, "server shutting down"),
+        }
+    }
 }
 
-/// A connection's view of its registration.
-pub struct Registration {
-    /// The connection id.
-    pub id: u64,
-    /// The current principal, updated when the user's roles change.
-    pub principal: watch::Receiver<Principal>,
-    /// Fires when the server wants the connection closed.
-    pub close: CancellationToken,
-    /// Why it was closed.
-    pub reason: watch::Receiver<Option<CloseReason>>,
+/// One live connection, as the registry keeps it.
+struct Entry {
+    session_id: Uuid,
+    since: DateTime<Utc>,
+    /// Its principal now (user, device, peer).
+    principal: Arc<Principal>,
+    /// Where close requests and principal changes go.
+    inbox: Arc<Inbox>,
+}
+
+impl Entry {
+    fn close(&self, reason: CloseReason) {
+        let (code, why) = reason.close();
+        self.inbox.close(code, why);
+    }
 }
 
 /// Presence as the API lists it.
@@ -87,19 +89,18 @@ impl Presence {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Register a connection of `principal` to `session_id`.
+    /// Register a connection of `principal` to `session_id`, reached
+    /// through `inbox`; returns its id.
     pub fn register(
         &self,
-        principal: Principal,
+        principal: Arc<Principal>,
         session_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Registration {
+        inbox: Arc<Inbox>,
+    ) -> u64 {
         let mut idx = self.lock();
         idx.next_id += 1;
         let id = idx.next_id;
-        let (ptx, prx) = watch::channel(principal.clone());
-        let (rtx, rrx) = watch::channel(None);
-        let close = CancellationToken::new();
         idx.by_user
             .entry(principal.user_id.clone())
             .or_default()
@@ -107,33 +108,25 @@ impl Presence {
         idx.by_id.insert(
             id,
             Entry {
-                user_id: principal.user_id.clone(),
                 session_id,
-                device_id: principal.device_id.clone(),
                 since: now,
-                peer: principal.peer.clone(),
-                principal: ptx,
-                close: close.clone(),
-                reason: rtx,
+                principal,
+                inbox,
             },
         );
         metrics::gauge!("switchboard_connections").set(idx.by_id.len() as f64);
-        Registration {
-            id,
-            principal: prx,
-            close,
-            reason: rrx,
-        }
+        id
     }
 
     /// Forget a connection.
     pub fn unregister(&self, id: u64) {
         let mut idx = self.lock();
         if let Some(e) = idx.by_id.remove(&id) {
-            if let Some(set) = idx.by_user.get_mut(&e.user_id) {
+            let user = &e.principal.user_id;
+            if let Some(set) = idx.by_user.get_mut(user) {
                 set.remove(&id);
                 if set.is_empty() {
-                    idx.by_user.remove(&e.user_id);
+                    idx.by_user.remove(user);
                 }
             }
         }
@@ -146,8 +139,7 @@ impl Presence {
         let ids = idx.by_user.get(user_id).cloned().unwrap_or_default();
         for id in &ids {
             if let Some(e) = idx.by_id.get(id) {
-                let _ = e.reason.send(Some(reason));
-                e.close.cancel();
+                e.close(reason);
             }
         }
         ids.len()
@@ -160,10 +152,9 @@ impl Presence {
         for e in idx
             .by_id
             .values()
-            .filter(|e| e.device_id.as_deref() == Some(device_id))
+            .filter(|e| e.principal.device_id.as_deref() == Some(device_id))
         {
-            let _ = e.reason.send(Some(reason));
-            e.close.cancel();
+            e.close(reason);
             n += 1;
         }
         n
@@ -171,17 +162,25 @@ impl Presence {
 
     /// Give a user's open connections their new permissions.
     pub fn update_user(&self, user: &crate::auth::User) {
-        let idx = self.lock();
-        for id in idx.by_user.get(&user.user_id).into_iter().flatten() {
-            if let Some(e) = idx.by_id.get(id) {
-                e.principal.send_modify(|p| {
-                    p.roles = user.roles.clone();
-                    p.permissions = user.permissions();
-                    // An untrusted device stays capped whatever the roles say.
-                    if p.device_capped {
-                        p.permissions = crate::device::cap_untrusted(&p.permissions);
-                    }
-                });
+        let mut idx = self.lock();
+        let ids: Vec<u64> = idx
+            .by_user
+            .get(&user.user_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for id in ids {
+            if let Some(e) = idx.by_id.get_mut(&id) {
+                let mut p = Principal::clone(&e.principal);
+                p.roles = user.roles.clone();
+                p.permissions = user.permissions();
+                // An untrusted device stays capped whatever the roles say.
+                if p.device_capped {
+                    p.permissions = crate::device::cap_untrusted(&p.permissions);
+                }
+                e.principal = Arc::new(p);
+                e.inbox.push(Item::Principal(e.principal.clone()));
             }
         }
     }
@@ -189,8 +188,7 @@ impl Presence {
     /// Close everything (shutdown).
     pub fn close_all(&self, reason: CloseReason) {
         for e in self.lock().by_id.values() {
-            let _ = e.reason.send(Some(reason));
-            e.close.cancel();
+            e.close(reason);
         }
     }
 
@@ -200,14 +198,14 @@ impl Presence {
         let mut out: Vec<_> = idx
             .by_id
             .iter()
-            .filter(|(_, e)| user_id.is_none_or(|u| e.user_id == u))
+            .filter(|(_, e)| user_id.is_none_or(|u| e.principal.user_id == u))
             .map(|(id, e)| PresenceView {
                 connection_id: *id,
-                user_id: e.user_id.clone(),
+                user_id: e.principal.user_id.clone(),
                 session_id: e.session_id,
-                device_id: e.device_id.clone(),
+                device_id: e.principal.device_id.clone(),
                 since: e.since,
-                peer: e.peer.clone(),
+                peer: e.principal.peer.clone(),
             })
             .collect();
         out.sort_by_key(|p| p.connection_id);
@@ -235,7 +233,7 @@ impl Presence {
                     .by_id
                     .get(id)
                     .expect("by_user names a missing connection");
-                assert_eq!(&e.user_id, user);
+                assert_eq!(&e.principal.user_id, user);
                 seen += 1;
             }
         }
@@ -252,28 +250,55 @@ mod tests {
     use super::*;
     use crate::auth::User;
     use crate::rbac::Role;
+    use std::collections::VecDeque;
 
-    fn principal(user: &str) -> Principal {
-        Principal::of(&User::new(user, [Role::Viewer].into(), Utc::now()))
+    fn principal(user: &str) -> Arc<Principal> {
+        Arc::new(Principal::of(&User::new(
+            user,
+            [Role::Viewer].into(),
+            Utc::now(),
+        )))
+    }
+
+    fn drained(inbox: &Inbox) -> (crate::bus::Drained, VecDeque<Item>) {
+        let mut out = VecDeque::new();
+        let cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        (inbox.drain(&cx, &mut out), out)
     }
 
     /// Registering, closing and unregistering keep both indices in step.
     #[test]
     fn indices_stay_consistent() {
         let p = Presence::new();
-        let a1 = p.register(principal("a"), Uuid::new_v4(), Utc::now());
-        let a2 = p.register(principal("a"), Uuid::new_v4(), Utc::now());
-        let b = p.register(principal("b"), Uuid::new_v4(), Utc::now());
+        let inboxes: Vec<Arc<Inbox>> = (0..3).map(|_| Arc::new(Inbox::new(4))).collect();
+        let a1 = p.register(
+            principal("a"),
+            Uuid::new_v4(),
+            Utc::now(),
+            inboxes[0].clone(),
+        );
+        let a2 = p.register(
+            principal("a"),
+            Uuid::new_v4(),
+            Utc::now(),
+            inboxes[1].clone(),
+        );
+        let b = p.register(
+            principal("b"),
+            Uuid::new_v4(),
+            Utc::now(),
+            inboxes[2].clone(),
+        );
         p.check_invariants();
         assert_eq!(p.close_user("a", CloseReason::Revoked), 2);
-        assert!(a1.close.is_cancelled() && a2.close.is_cancelled());
-        assert!(!b.close.is_cancelled());
-        assert_eq!(*a1.reason.borrow(), Some(CloseReason::Revoked));
-        p.unregister(a1.id);
+        assert_eq!(drained(&inboxes[0]).0.close, Some((4401, "token revoked")));
+        assert!(drained(&inboxes[1]).0.close.is_some());
+        assert!(drained(&inboxes[2]).0.close.is_none());
+        p.unregister(a1);
         p.check_invariants();
-        p.unregister(a2.id);
-        p.unregister(b.id);
-        p.unregister(b.id);
+        p.unregister(a2);
+        p.unregister(b);
+        p.unregister(b);
         p.check_invariants();
         assert_eq!(p.count(), 0);
     }
@@ -282,11 +307,15 @@ mod tests {
     #[test]
     fn role_changes_reach_connections() {
         let p = Presence::new();
-        let reg = p.register(principal("a"), Uuid::new_v4(), Utc::now());
+        let inbox = Arc::new(Inbox::new(4));
+        p.register(principal("a"), Uuid::new_v4(), Utc::now(), inbox.clone());
         let mut u = User::new("a", [Role::Admin].into(), Utc::now());
         u.revoke(crate::rbac::Permission::AdminSystem);
         p.update_user(&u);
-        let now = reg.principal.borrow().clone();
+        let (_, items) = drained(&inbox);
+        let Some(Item::Principal(now)) = items.front() else {
+            panic!("no principal change: {items:?}");
+        };
         assert!(now.roles.contains(&Role::Admin));
         assert!(
             !now.permissions

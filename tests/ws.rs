@@ -193,8 +193,9 @@ async fn slow_reader_gets_every_event() {
     file.limits.stream_ring = 4;
     let server = TestServer::spawn_with(file).await;
     let (mut ws, _) = server.ws(&server.admin, json!({})).await;
-    // Far more than the ring holds: 1000 events of 4 KiB.
-    let n = 1000;
+    // Far more than the ring holds, and more than the kernel's socket
+    // buffers on loopback take (several MiB): 4000 events of 4 KiB.
+    let n = 4000;
     let chunk = 4096;
     let task = ws
         .ok(json!({"op": "task.submit", "agent_type": "echo", "prompt": "y".repeat(n * chunk), "params": {"chunk_size": chunk}}))

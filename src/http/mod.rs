@@ -9,6 +9,7 @@ mod health;
 pub mod openapi;
 mod phase1_tasks;
 mod projects;
+pub mod serve;
 mod sessions;
 mod tasks;
 mod web;

@@ -178,7 +178,7 @@ fn sse_stream(
                     .increment(1);
                 let event = Event::default()
                     .id(d.seq.to_string())
-                    .data(d.frame.as_str());
+                    .data(d.frame.payload_str());
                 Some((Ok(event), (cursor, shutdown)))
             }
             Ok(None) => None,

@@ -11,6 +11,7 @@ use crate::error::{Error, ErrorBody};
 use crate::event::{StoredEvent, rfc3339};
 use crate::protocol::{RespondRequest, SubmitRequest};
 use crate::rbac::{Permission, Role};
+use crate::ws::frame::Frame;
 
 /// The protocol version `hello` answers with.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -193,27 +194,37 @@ struct ReplyErr<'a> {
 }
 
 /// `{"op":"reply","id":..,"ok":true,"result":..}`.
-pub fn reply_ok<T: Serialize>(id: &FrameId, result: &T) -> String {
-    serde_json::to_string(&ReplyOk {
+pub fn reply_ok<T: Serialize>(id: &FrameId, result: &T) -> Frame {
+    let body = ReplyOk {
         op: "reply",
         id,
         ok: true,
         result,
-    })
-    .unwrap_or_else(|e| reply_err(id, &Error::internal(e)))
+    };
+    let mut failed = false;
+    let frame = Frame::text_with(|buf| failed = serde_json::to_writer(buf, &body).is_err());
+    if failed {
+        return reply_err(id, &Error::Internal);
+    }
+    frame
 }
 
 /// `{"op":"reply","id":..,"ok":false,"error":{"code","message"}}`.
-pub fn reply_err(id: &FrameId, error: &Error) -> String {
-    serde_json::to_string(&ReplyErr {
+pub fn reply_err(id: &FrameId, error: &Error) -> Frame {
+    let body = ReplyErr {
         op: "reply",
         id,
         ok: false,
         error: error.body(),
-    })
-    .unwrap_or_else(|_| {
-        r#"{"op":"reply","ok":false,"error":{"code":"internal","message":"internal error"}}"#.into()
-    })
+    };
+    let mut failed = false;
+    let frame = Frame::text_with(|buf| failed = serde_json::to_writer(buf, &body).is_err());
+    if failed {
+        return Frame::text(
+            r#"{"op":"reply","ok":false,"error":{"code":"internal","message":"internal error"}}"#,
+        );
+    }
+    frame
 }
 
 #[derive(Serialize)]
@@ -229,17 +240,21 @@ struct EventFrame<'a, B: Serialize> {
 }
 
 /// `{"op":"event","stream":"session:<id>","seq",..,"type","task_id","at","data"}`.
-pub fn session_event_frame(e: &StoredEvent) -> String {
+pub fn session_event_frame(e: &StoredEvent) -> Frame {
     let stream = format!("session:{}", e.session_id);
-    serde_json::to_string(&EventFrame {
-        op: "event",
-        stream: &stream,
-        seq: e.seq,
-        body: &e.body,
-        task_id: Some(e.task_id),
-        at: rfc3339(&e.at),
+    Frame::text_with(|buf| {
+        let _ = serde_json::to_writer(
+            buf,
+            &EventFrame {
+                op: "event",
+                stream: &stream,
+                seq: e.seq,
+                body: &e.body,
+                task_id: Some(e.task_id),
+                at: rfc3339(&e.at),
+            },
+        );
     })
-    .unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -250,19 +265,23 @@ struct AuditBody<'a> {
 }
 
 /// `{"op":"event","stream":"audit","seq",..,"type":"audit","at","data":<record>}`.
-pub fn audit_event_frame(r: &AuditRecord) -> String {
-    serde_json::to_string(&EventFrame {
-        op: "event",
-        stream: "audit",
-        seq: r.seq,
-        body: AuditBody {
-            kind: "audit",
-            data: r,
-        },
-        task_id: None,
-        at: rfc3339(&r.timestamp),
+pub fn audit_event_frame(r: &AuditRecord) -> Frame {
+    Frame::text_with(|buf| {
+        let _ = serde_json::to_writer(
+            buf,
+            &EventFrame {
+                op: "event",
+                stream: "audit",
+                seq: r.seq,
+                body: AuditBody {
+                    kind: "audit",
+                    data: r,
+                },
+                task_id: None,
+                at: rfc3339(&r.timestamp),
+            },
+        );
     })
-    .unwrap_or_default()
 }
 
 /// Schema-only descriptions of the frames, for `protocol/schema/`. The

@@ -169,6 +169,15 @@ impl Runtime {
         }
     }
 
+    /// When a live token expires (`None`: never, or not live).
+    pub async fn token_expiry(&self, token: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(self
+            .store
+            .token_expiry(&hash_token(token.trim()))
+            .await?
+            .flatten())
+    }
+
     /// The one permission check. A denial is audited as `permission.denied`.
     pub async fn authorize(&self, p: &Principal, action: Action) -> Result<()> {
         match action.missing(&p.permissions) {

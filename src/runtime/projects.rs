@@ -359,7 +359,8 @@ impl Runtime {
         );
         let id = task_id.to_string();
         while let Some(d) = cursor.next().await? {
-            let frame: Value = serde_json::from_str(d.frame.as_str()).map_err(Error::internal)?;
+            let frame: Value =
+                serde_json::from_str(d.frame.payload_str()).map_err(Error::internal)?;
             if frame["task_id"] != id.as_str() || frame["type"] != "task.state" {
                 continue;
             }

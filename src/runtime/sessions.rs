@@ -158,35 +158,55 @@ impl Runtime {
         )
         .await?
         .iter()
-        .map(|d| serde_json::from_str(d.frame.as_str()).map_err(Error::internal))
+        .map(|d| serde_json::from_str(d.frame.payload_str()).map_err(Error::internal))
         .collect()
     }
 
-    /// Start reading a stream: a session's (own, or any with
-    /// `admin:system`) or the audit log (`admin:system`). Returns the cursor
-    /// and the stream's newest seq now.
+    /// Check that `p` may read a stream: a session's (own, or any with
+    /// `admin:system`) or the audit log (`admin:system`). Returns the
+    /// stream's newest seq now.
+    pub async fn open_stream(&self, p: &Principal, stream: StreamKey) -> Result<i64> {
+        match stream {
+            StreamKey::Session(id) => {
+                self.authorize(p, Action::SessionRead).await?;
+                Ok(self.visible_session(p, id).await?.last_seq)
+            }
+            StreamKey::Audit => {
+                self.authorize(p, Action::AuditRead).await?;
+                self.store.audit_last_seq().await
+            }
+        }
+    }
+
+    /// Start reading a stream after `after_seq` (without it: live events
+    /// from now on). Returns the cursor and the stream's newest seq now.
     pub async fn subscribe(
         &self,
         p: &Principal,
         stream: StreamKey,
         after_seq: Option<i64>,
     ) -> Result<(Cursor, i64)> {
-        let last_seq = match stream {
-            StreamKey::Session(id) => {
-                self.authorize(p, Action::SessionRead).await?;
-                self.visible_session(p, id).await?.last_seq
-            }
-            StreamKey::Audit => {
-                self.authorize(p, Action::AuditRead).await?;
-                self.store.audit_last_seq().await?
-            }
-        };
-        // Without after_seq: live events only, from now on.
+        let last_seq = self.open_stream(p, stream).await?;
         let start = after_seq.unwrap_or(last_seq);
         Ok((
             Cursor::new(&self.bus, self.store.clone(), stream, start),
             last_seq,
         ))
+    }
+
+    /// A connection's `subscribe`: checks, then delivers the stream's live
+    /// events to `inbox`. Returns the position to deliver after (the
+    /// client's `after_seq`, or the newest seq) and the newest seq.
+    pub async fn subscribe_inbox(
+        &self,
+        p: &Principal,
+        stream: StreamKey,
+        after_seq: Option<i64>,
+        inbox: &std::sync::Arc<crate::bus::Inbox>,
+    ) -> Result<(i64, i64)> {
+        let last_seq = self.open_stream(p, stream).await?;
+        self.bus.subscribe(stream, inbox);
+        Ok((after_seq.unwrap_or(last_seq), last_seq))
     }
 
     /// Check a `limit` against the node's page size.

@@ -1,406 +1,416 @@
-//! One WebSocket connection: the `hello` handshake, then a loop that reads
-//! client frames, runs ops concurrently (bounded), and writes replies and
-//! stream events, feeding every frame that is ready and flushing once.
+//! One WebSocket connection after `hello`: a single poll loop that reads
+//! and decodes client frames, starts ops (bounded), moves events and
+//! replies from the connection's [`Inbox`] to the socket, catches streams
+//! up from the store when live delivery skipped, and sends heartbeats.
 //!
-//! Memory per connection is bounded: the socket buffers are set explicitly,
-//! at most `max_inflight_ops` ops run at once (reading stops while they do),
-//! and stream events come from [`Cursor`]s, which fall back to the store
-//! rather than queueing when this client is slow.
+//! Reading never waits for writing: a client that reads slowly still has
+//! its frames (and pongs) read, and a socket whose full send buffer drains
+//! counts as a live peer. Memory is bounded: at most `max_inflight_ops` ops
+//! run at once (reading pauses while they do), the write queue stops taking
+//! events past [`OUT_HIGH`] bytes, after which the inbox drops them and the
+//! [`Follower`] reads them back from the store once the client has caught up.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{BoxStream, SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt, stream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::Instant;
-use tokio_stream::StreamMap;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::bus::{Cursor, Delivery};
+use crate::auth::Principal;
+use crate::bus::{Follower, Inbox, Item};
 use crate::error::{Error, Result};
 use crate::event::{StreamKey, now};
-use crate::presence::{CloseReason, Registration};
-use crate::protocol::CreateSessionRequest;
-use crate::protocol::ws::{
-    ClientOp, FrameId, HelloReply, PROTOCOL_VERSION, SubscribeReply, parse_frame, reply_err,
-    reply_ok,
-};
+use crate::protocol::ws::{ClientOp, FrameId, SubscribeReply, parse_frame, reply_err, reply_ok};
 use crate::ws::close;
 use crate::ws::dispatch::dispatch;
+use crate::ws::frame::{Frame, Incoming, OpCode};
+use crate::ws::hello::{self, send_close};
+use crate::ws::io::{Io, ReadEnd};
 
-type Tx = SplitSink<WebSocket, Message>;
-type Rx = SplitStream<WebSocket>;
-
-/// Most frames written before one flush.
-const MAX_BATCH: usize = 64;
+/// Stop taking events from the inbox past this many queued bytes.
+const OUT_HIGH: usize = 256 * 1024;
+/// Read from the store (catch-up) only below this many queued bytes.
+const OUT_LOW: usize = 64 * 1024;
 
 /// Serve one upgraded socket until it closes.
 pub async fn run(
-    socket: WebSocket,
+    stream: TcpStream,
+    leftover: Bytes,
     state: AppState,
     header_token: Option<String>,
     peer: SocketAddr,
 ) {
-    let (mut tx, mut rx) = socket.split();
-    let Some(attached) = handshake(&state, &mut tx, &mut rx, header_token, peer).await else {
-        return;
-    };
-    let p = attached.reg.principal.borrow().clone();
+    let limits = state.runtime.limits();
+    let mut io = Io::new(stream, leftover, limits.max_message_bytes);
+    // Boxed: the handshake's futures are large and needed only once.
+    let attached = Box::pin(hello::handshake(&mut io, &state, header_token, peer)).await;
+    let Some(attached) = attached else { return };
+    let inbox = Arc::new(Inbox::new(limits.stream_ring));
+    let key = StreamKey::Session(attached.session_id);
+    state.runtime.bus().subscribe(key, &inbox);
+    let mut follower = Follower::new(state.runtime.store().clone());
+    match attached.after_seq {
+        Some(after) => follower.add(key, after),
+        None => follower.add_live(key, attached.last_seq),
+    }
+    let principal = Arc::new(attached.principal);
+    let id = state.runtime.presence().register(
+        principal.clone(),
+        attached.session_id,
+        now(),
+        inbox.clone(),
+    );
+    if state.shutdown.is_cancelled() {
+        // The node began to stop while this hello was answered.
+        inbox.close(close::GOING_AWAY, "server shutting down");
+    }
     let span = tracing::info_span!(
         "ws",
-        conn = attached.reg.id,
-        user = %p.user_id,
+        conn = id,
+        user = %principal.user_id,
         session = %attached.session_id,
-        device = p.device_id.as_deref().unwrap_or("-"),
+        device = principal.device_id.as_deref().unwrap_or("-"),
     );
-    let id = attached.reg.id;
-    let (replies_tx, replies_rx) = mpsc::channel(state.runtime.limits().max_inflight_ops);
-    let mut subs = StreamMap::new();
-    subs.insert(
-        StreamKey::Session(attached.session_id),
-        cursor_stream(attached.cursor),
-    );
-    let conn = Connection {
-        frames: state.runtime.throttle().frame_limiter(),
-        expires_at: attached.expires_at,
-        inflight: Arc::new(Semaphore::new(state.runtime.limits().max_inflight_ops)),
-        state: state.clone(),
-        reg: attached.reg,
-        session_id: attached.session_id,
-        subs,
-        replies_tx,
-        replies_rx,
-        tx,
-        rx,
-        last_seen: Instant::now(),
+    let period = Duration::from_millis(limits.heartbeat_ms.max(10));
+    let expires = attached
+        .expires_at
+        .map(|at| Instant::now() + (at - chrono::Utc::now()).to_std().unwrap_or_default());
+    let mut conn = Conn {
+        io,
+        s: Session {
+            frames: state.runtime.throttle().frame_limiter(),
+            max_inflight: limits.max_inflight_ops,
+            max_subs: limits.max_subscriptions,
+            state: state.clone(),
+            inbox,
+            follower,
+            principal,
+            session_id: attached.session_id,
+            items: VecDeque::new(),
+            outgoing: Vec::new(),
+            inflight: 0,
+            pending_subs: 0,
+            heartbeat: Box::pin(tokio::time::sleep_until(next_beat(period, expires))),
+            period,
+            expires,
+            exit: None,
+        },
     };
-    conn.serve().instrument(span).await;
+    async move {
+        let exit = std::future::poll_fn(|cx| conn.poll(cx)).await;
+        conn.finish(exit).await;
+    }
+    .instrument(span)
+    .await;
     state.runtime.presence().unregister(id);
 }
 
-/// What a successful `hello` yields.
-struct Attached {
-    reg: Registration,
-    session_id: Uuid,
-    cursor: Cursor,
-    /// When the token used in `hello` expires.
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+fn next_beat(period: Duration, expires: Option<Instant>) -> Instant {
+    let beat = Instant::now() + period;
+    expires.map_or(beat, |e| beat.min(e))
 }
 
-async fn send_close(tx: &mut Tx, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason.chars().take(100).collect::<String>()),
-    };
-    let _ = tx.send(Message::Close(Some(frame))).await;
-    let _ = tx.close().await;
-}
-
-/// Refuse the connection: an error reply, then close 4401.
-async fn refuse(tx: &mut Tx, id: &FrameId, error: Error) {
-    let _ = tx.send(Message::Text(reply_err(id, &error).into())).await;
-    send_close(tx, close::UNAUTHORIZED, "hello failed").await;
-}
-
-async fn handshake(
-    state: &AppState,
-    tx: &mut Tx,
-    rx: &mut Rx,
-    header_token: Option<String>,
-    peer: SocketAddr,
-) -> Option<Attached> {
-    let rt = &state.runtime;
-    let deadline = Instant::now() + Duration::from_millis(rt.limits().hello_timeout_ms);
-    let text = loop {
-        match tokio::time::timeout_at(deadline, rx.next()).await {
-            Err(_) => {
-                send_close(tx, close::HELLO_TIMEOUT, "no hello in time").await;
-                return None;
-            }
-            Ok(None | Some(Ok(Message::Close(_)))) => return None,
-            Ok(Some(Err(e))) => {
-                let (code, reason) = classify(e);
-                if code != 0 {
-                    send_close(tx, code, reason).await;
-                }
-                return None;
-            }
-            Ok(Some(Ok(Message::Text(t)))) => break t,
-            Ok(Some(Ok(Message::Binary(_)))) => {
-                refuse(
-                    tx,
-                    &None,
-                    Error::BadRequest("send a JSON text `hello` frame first".into()),
-                )
-                .await;
-                return None;
-            }
-            Ok(Some(Ok(_))) => continue,
-        }
-    };
-    let (id, op) = parse_frame(text.as_str());
-    let hello = match op {
-        Ok(ClientOp::Hello(h)) => h,
-        Ok(other) => {
-            let e = Error::Unauthorized(format!(
-                "`{}` before `hello`: say hello first",
-                other.name()
-            ));
-            refuse(tx, &id, e).await;
-            return None;
-        }
-        Err(e) => {
-            refuse(tx, &id, e).await;
-            return None;
-        }
-    };
-    let token = hello.token.or(header_token);
-    let attach = async {
-        let mut p = rt
-            .authenticate(token.as_deref(), Some(peer.to_string()))
-            .await?;
-        let max = rt.security().max_connections_per_user;
-        if rt.presence().count_user(&p.user_id) >= max {
-            return Err(Error::RateLimited {
-                message: format!("at most {max} open connections per user"),
-                retry_after: 1,
-            });
-        }
-        let expires_at = match token.as_deref() {
-            Some(t) => rt
-                .store()
-                .token_expiry(&crate::auth::hash_token(t.trim()))
-                .await?
-                .flatten(),
-            None => None,
-        };
-        if let Some(d) = &hello.device_id {
-            if d.is_empty() || d.len() > 128 {
-                return Err(Error::BadRequest(
-                    "device_id must be 1 to 128 characters".into(),
-                ));
-            }
-        }
-        p.device_id = hello.device_id.clone();
-        let proof = crate::runtime::devices::Proof {
-            nonce: hello.device_nonce.clone(),
-            signature: hello.device_signature.clone(),
-        };
-        let p = rt.admit_device(p, proof).await?;
-        let session_id = match hello.session_id {
-            Some(sid) => rt.attach_session(&p, sid).await?.session_id,
-            None => {
-                let req = CreateSessionRequest {
-                    user_id: None,
-                    device_id: hello.device_id.clone(),
-                };
-                rt.create_session(&p, req).await?.session_id
-            }
-        };
-        let (cursor, last_seq) = rt
-            .subscribe(&p, StreamKey::Session(session_id), hello.after_seq)
-            .await?;
-        Ok((p, session_id, cursor, last_seq, expires_at))
-    };
-    let (p, session_id, cursor, last_seq, expires_at) = match attach.await {
-        Ok(ok) => ok,
-        Err(e @ Error::RateLimited { .. }) => {
-            let _ = tx.send(Message::Text(reply_err(&id, &e).into())).await;
-            send_close(tx, close::TOO_MANY, "too many connections").await;
-            return None;
-        }
-        Err(e) => {
-            refuse(tx, &id, e).await;
-            return None;
-        }
-    };
-    let reply = HelloReply {
-        session_id,
-        user_id: p.user_id.clone(),
-        roles: p.roles.clone(),
-        permissions: p.permissions.clone(),
-        last_seq,
-        heartbeat_ms: rt.limits().heartbeat_ms,
-        max_message_bytes: rt.limits().max_message_bytes,
-        protocol: PROTOCOL_VERSION,
-    };
-    if tx
-        .send(Message::Text(reply_ok(&id, &reply).into()))
-        .await
-        .is_err()
-    {
-        return None;
-    }
-    let reg = rt.presence().register(p, session_id, now());
-    Some(Attached {
-        reg,
-        session_id,
-        cursor,
-        expires_at,
-    })
-}
-
-/// A cursor as a stream; a store error ends it with that error.
-fn cursor_stream(cursor: Cursor) -> BoxStream<'static, Result<Delivery>> {
-    stream::unfold(Some(cursor), |cursor| async move {
-        let mut cursor = cursor?;
-        match cursor.next().await {
-            Ok(Some(d)) => Some((Ok(d), Some(cursor))),
-            Ok(None) => None,
-            Err(e) => Some((Err(e), None)),
-        }
-    })
-    .boxed()
-}
-
-/// What woke the loop.
-enum Step {
+/// How the loop ended.
+#[derive(Debug)]
+enum Exit {
+    /// Close with this code and reason.
     Close(u16, &'static str),
-    Incoming(Option<std::result::Result<Message, axum::Error>>),
-    Reply(String),
-    Event(Result<Delivery>),
-    Tick,
+    /// The peer sent a close frame (with this code): echo it.
+    Echo(Option<u16>),
+    /// The peer is gone.
+    Gone,
 }
 
-struct Connection {
+struct Conn {
+    io: Io,
+    s: Session,
+}
+
+/// Everything of a connection but its socket.
+struct Session {
     state: AppState,
-    reg: Registration,
+    inbox: Arc<Inbox>,
+    follower: Follower,
+    principal: Arc<Principal>,
     session_id: Uuid,
-    subs: StreamMap<StreamKey, BoxStream<'static, Result<Delivery>>>,
-    replies_tx: mpsc::Sender<String>,
-    replies_rx: mpsc::Receiver<String>,
-    inflight: Arc<Semaphore>,
+    /// Drained from the inbox, being handled.
+    items: VecDeque<Item>,
+    /// Frames produced while decoding (pongs, immediate replies).
+    outgoing: Vec<Frame>,
+    /// Ops running; their replies are due.
+    inflight: usize,
+    /// `subscribe` ops running.
+    pending_subs: usize,
+    max_inflight: usize,
+    max_subs: usize,
     frames: crate::throttle::FrameLimiter,
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    tx: Tx,
-    rx: Rx,
-    last_seen: Instant,
+    heartbeat: Pin<Box<Sleep>>,
+    period: Duration,
+    expires: Option<Instant>,
+    exit: Option<Exit>,
 }
 
-impl Connection {
-    async fn serve(mut self) {
-        let period = Duration::from_millis(self.state.runtime.limits().heartbeat_ms.max(10));
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
-        let shutdown = self.state.shutdown.clone();
-        let close_token = self.reg.close.clone();
-        // A token that expires ends the connection at that moment.
-        let expiry = self.expires_at.map(|at| {
-            let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
-            Instant::now() + left
-        });
-        let token_expired = async move {
-            match expiry {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
+impl Conn {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
+        for _ in 0..32 {
+            let mut busy = self.inbox(cx);
+            busy |= self.read(cx);
+            busy |= self.fill(cx);
+            if let Poll::Ready(Err(_)) = self.io.poll_flush(cx) {
+                self.s.exit.get_or_insert(Exit::Gone);
             }
-        };
-        tokio::pin!(token_expired);
-        loop {
-            let step = tokio::select! {
-                _ = close_token.cancelled() => match *self.reg.reason.borrow() {
-                    Some(CloseReason::Revoked) => Step::Close(close::UNAUTHORIZED, "token revoked"),
-                    _ => Step::Close(close::GOING_AWAY, "closing"),
-                },
-                _ = shutdown.cancelled() => Step::Close(close::GOING_AWAY, "server shutting down"),
-                _ = &mut token_expired => Step::Close(close::UNAUTHORIZED, "token expired"),
-                Some(frame) = self.replies_rx.recv() => Step::Reply(frame),
-                Some((_, event)) = self.subs.next(), if !self.subs.is_empty() => Step::Event(event),
-                msg = self.rx.next() => Step::Incoming(msg),
-                _ = heartbeat.tick() => Step::Tick,
-            };
-            let outcome = match step {
-                Step::Close(code, reason) => Err((code, reason)),
-                Step::Reply(frame) => self.write(Message::Text(frame.into())).await,
-                Step::Event(event) => self.write_event(event).await,
-                Step::Incoming(msg) => self.incoming(msg).await,
-                Step::Tick => {
-                    if self.last_seen.elapsed() > 2 * period {
-                        tracing::info!("peer silent for two heartbeats; dropping it");
-                        Err((close::GOING_AWAY, "heartbeat timeout"))
-                    } else {
-                        self.write(Message::Ping(Default::default())).await
+            busy |= self.beat(cx);
+            if let Some(exit) = self.s.exit.take() {
+                return Poll::Ready(exit);
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Move inbox items to the socket; true when there were any.
+    fn inbox(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.io.out_bytes >= OUT_HIGH {
+            // Backlogged: leave events in the inbox (it drops and flags
+            // lag past its bound), but still hear a close request.
+            if let Some((code, reason)) = self.s.inbox.close_requested(cx) {
+                self.s.exit.get_or_insert(Exit::Close(code, reason));
+            }
+            return false;
+        }
+        let drained = self.s.inbox.drain(cx, &mut self.s.items);
+        if drained.lagged {
+            self.s.follower.lagged();
+        }
+        if let Some((code, reason)) = drained.close {
+            self.s.exit.get_or_insert(Exit::Close(code, reason));
+        }
+        let busy = !self.s.items.is_empty();
+        let mut events = 0u64;
+        let io = &mut self.io;
+        for item in self.s.items.drain(..) {
+            match item {
+                Item::Event(key, d) => self.s.follower.live(key, d, &mut |d| {
+                    events += 1;
+                    io.queue(&d.frame)
+                }),
+                Item::Reply(frame) => {
+                    self.s.inflight -= 1;
+                    io.queue(&frame);
+                }
+                Item::Subscribed { key, after, reply } => {
+                    self.s.inflight -= 1;
+                    self.s.pending_subs -= 1;
+                    if let Some(after) = after {
+                        self.s.follower.add(key, after);
                     }
+                    io.queue(&reply);
                 }
-            };
-            if let Err((code, reason)) = outcome {
-                if code != 0 {
-                    send_close(&mut self.tx, code, reason).await;
-                }
-                break;
+                Item::Principal(p) => self.s.principal = p,
             }
         }
-        // Let in-flight ops finish writing; their replies have nowhere to go.
-        self.replies_rx.close();
-    }
-
-    /// Feed `first` and whatever else is ready, then flush once.
-    async fn write(&mut self, first: Message) -> Result<(), (u16, &'static str)> {
-        let gone = (0, "peer gone");
-        self.tx.feed(first).await.map_err(|_| gone)?;
-        for _ in 0..MAX_BATCH {
-            let next = if let Ok(frame) = self.replies_rx.try_recv() {
-                Message::Text(frame.into())
-            } else if let Some(Some((_, Ok(d)))) = self.subs.next().now_or_never() {
-                metrics::counter!("switchboard_events_delivered_total", "transport" => "ws")
-                    .increment(1);
-                Message::Text(d.frame)
-            } else {
-                break;
-            };
-            self.tx.feed(next).await.map_err(|_| gone)?;
+        if self.s.items.capacity() > 64 {
+            self.s.items = VecDeque::new();
         }
-        self.tx.flush().await.map_err(|_| gone)
+        if events > 0 {
+            metrics::counter!("switchboard_events_delivered_total", "transport" => "ws")
+                .increment(events);
+        }
+        busy
     }
 
-    async fn write_event(&mut self, event: Result<Delivery>) -> Result<(), (u16, &'static str)> {
-        match event {
-            Ok(d) => {
-                metrics::counter!("switchboard_events_delivered_total", "transport" => "ws")
-                    .increment(1);
-                self.write(Message::Text(d.frame)).await
+    /// Read and handle client frames; true when something was read.
+    fn read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.s.inflight >= self.s.max_inflight || self.s.exit.is_some() {
+            return false;
+        }
+        let s = &mut self.s;
+        // Messages that came with an earlier read but waited for a free
+        // op slot go first.
+        if let Err(e) = self.io.decode_buffered(&mut |m| s.message(m)) {
+            return self.read_ended(Err(e));
+        }
+        if s.inflight >= s.max_inflight || s.exit.is_some() {
+            return true;
+        }
+        let read = self.io.poll_read(cx, &mut |m| s.message(m));
+        for frame in self.s.outgoing.drain(..) {
+            self.io.queue(&frame);
+        }
+        match read {
+            Poll::Pending => false,
+            Poll::Ready(r) => self.read_ended(r),
+        }
+    }
+
+    /// Note how a read ended; true (something happened).
+    fn read_ended(&mut self, r: std::result::Result<(), ReadEnd>) -> bool {
+        for frame in self.s.outgoing.drain(..) {
+            self.io.queue(&frame);
+        }
+        match r {
+            Ok(()) => true,
+            Err(ReadEnd::Gone) => {
+                self.s.exit.get_or_insert(Exit::Gone);
+                true
             }
-            // The store could not catch this client up: let it resume.
-            Err(e) => {
+            Err(ReadEnd::Decode(e)) => {
+                let (code, reason) = e.close();
+                self.s.exit.get_or_insert(Exit::Close(code, reason));
+                true
+            }
+        }
+    }
+
+    /// Catch streams up from the store; true when events were queued.
+    fn fill(&mut self, cx: &mut Context<'_>) -> bool {
+        let start = self.s.follower.needs_fill() && self.io.out_bytes < OUT_LOW;
+        if !start && !self.s.follower.is_filling() {
+            return false;
+        }
+        let before = self.io.out_bytes;
+        let io = &mut self.io;
+        match self.s.follower.poll_fill(cx, &mut |d| io.queue(&d.frame)) {
+            Poll::Ready(Err(e)) => {
                 tracing::warn!(error = %e, "stream catch-up failed; asking the client to resume");
-                Err((close::TOO_SLOW, "resume with after_seq"))
+                self.s
+                    .exit
+                    .get_or_insert(Exit::Close(close::TOO_SLOW, "resume with after_seq"));
+                true
             }
+            _ => self.io.out_bytes != before,
         }
     }
 
-    async fn reply(
-        &mut self,
-        id: &FrameId,
-        result: Result<serde_json::Value>,
-    ) -> Result<(), (u16, &'static str)> {
-        let frame = match result {
-            Ok(v) => reply_ok(id, &v),
-            Err(e) => reply_err(id, &e),
-        };
-        self.write(Message::Text(frame.into())).await
+    /// Heartbeats and token expiry; true when the timer fired.
+    fn beat(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.s.heartbeat.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = Instant::now();
+        if self.s.expires.is_some_and(|e| now >= e) {
+            self.s
+                .exit
+                .get_or_insert(Exit::Close(close::UNAUTHORIZED, "token expired"));
+        } else if now.duration_since(self.io.last_seen) > 2 * self.s.period {
+            tracing::info!("peer silent for two heartbeats; dropping it");
+            self.s
+                .exit
+                .get_or_insert(Exit::Close(close::GOING_AWAY, "heartbeat timeout"));
+        } else {
+            self.io.queue(&Frame::control(OpCode::Ping, b""));
+        }
+        let next = next_beat(self.s.period, self.s.expires);
+        self.s.heartbeat.as_mut().reset(next);
+        true
     }
 
-    async fn incoming(
-        &mut self,
-        msg: Option<std::result::Result<Message, axum::Error>>,
-    ) -> Result<(), (u16, &'static str)> {
-        self.last_seen = Instant::now();
-        let text = match msg {
-            None | Some(Ok(Message::Close(_))) => return Err((0, "closed by peer")),
-            Some(Err(e)) => return Err(classify(e)),
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Binary(_))) => {
-                let e = Error::BadRequest("binary frames are not supported; send JSON text".into());
-                return self.reply(&None, Err(e)).await;
+    /// Say goodbye, then forget every subscription.
+    async fn finish(&mut self, exit: Exit) {
+        match exit {
+            Exit::Gone => {}
+            Exit::Echo(code) => {
+                let frame = match code {
+                    Some(c) => Frame::close(c, ""),
+                    None => Frame::control(OpCode::Close, b""),
+                };
+                self.io.queue(&frame);
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.io.flush()).await;
+                self.io.shutdown().await;
             }
-            Some(Ok(_)) => return Ok(()),
+            Exit::Close(code, reason) => {
+                if !self.io.mid_write() {
+                    self.io.discard_queue();
+                }
+                send_close(&mut self.io, code, reason).await;
+                self.await_peer_close().await;
+            }
+        }
+        self.forget().await;
+    }
+
+    /// After our close frame: read (and drop) until the peer's close or EOF.
+    async fn await_peer_close(&mut self) {
+        let read = async {
+            let mut closed = false;
+            while !closed {
+                let mut on = |m: Incoming<'_>| {
+                    closed = matches!(m, Incoming::Close(_));
+                    !closed
+                };
+                if self.io.read(&mut on).await.is_err() {
+                    break;
+                }
+            }
         };
-        let (id, op) = parse_frame(text.as_str());
+        let _ = tokio::time::timeout(Duration::from_secs(2), read).await;
+    }
+
+    /// Unsubscribe everything, including subscriptions still being set up.
+    async fn forget(&mut self) {
+        let bus = self.s.state.runtime.bus().clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.s.pending_subs > 0 && Instant::now() < deadline {
+            let got = tokio::time::timeout_at(
+                deadline,
+                std::future::poll_fn(|cx| {
+                    self.s.inbox.drain(cx, &mut self.s.items);
+                    if self.s.items.is_empty() {
+                        Poll::Pending
+                    } else {
+                        Poll::Ready(())
+                    }
+                }),
+            );
+            if got.await.is_err() {
+                break;
+            }
+            for item in self.s.items.drain(..) {
+                if let Item::Subscribed { key, .. } = item {
+                    self.s.pending_subs -= 1;
+                    bus.unsubscribe(key, &self.s.inbox);
+                }
+            }
+        }
+        for key in self.s.follower.keys() {
+            bus.unsubscribe(key, &self.s.inbox);
+        }
+    }
+}
+
+impl Session {
+    /// Handle one client message; false to stop reading.
+    fn message(&mut self, m: Incoming<'_>) -> bool {
+        match m {
+            Incoming::Text(text) => self.text(text),
+            Incoming::Binary(_) => {
+                let e = Error::BadRequest("binary frames are not supported; send JSON text".into());
+                self.outgoing.push(reply_err(&None, &e));
+            }
+            Incoming::Ping(p) => self.outgoing.push(Frame::control(OpCode::Pong, p)),
+            Incoming::Pong => {}
+            Incoming::Close(code) => {
+                self.exit.get_or_insert(Exit::Echo(code));
+            }
+        }
+        self.exit.is_none() && self.inflight < self.max_inflight
+    }
+
+    fn text(&mut self, text: &str) {
+        let (id, op) = parse_frame(text);
         if !self.frames.allow() {
             metrics::counter!("switchboard_rate_limited_total", "what" => "frames").increment(1);
             let e = Error::RateLimited {
@@ -410,75 +420,93 @@ impl Connection {
                 ),
                 retry_after: 1,
             };
-            return self.reply(&id, Err(e)).await;
+            return self.outgoing.push(reply_err(&id, &e));
         }
         let op = match op {
             Ok(op) => op,
-            Err(e) => return self.reply(&id, Err(e)).await,
+            Err(e) => return self.outgoing.push(reply_err(&id, &e)),
         };
         metrics::counter!("switchboard_ws_ops_total", "op" => op.name()).increment(1);
         match op {
             ClientOp::Hello(_) => {
                 let e = Error::BadRequest("this connection already said hello".into());
-                self.reply(&id, Err(e)).await
+                self.outgoing.push(reply_err(&id, &e));
             }
-            ClientOp::Ping {} => self.reply(&id, Ok(serde_json::json!({"pong": true}))).await,
-            ClientOp::Subscribe { stream, after_seq } => {
-                let result = self.subscribe(&stream, after_seq).await;
-                self.reply(&id, result).await
-            }
+            ClientOp::Ping {} => self
+                .outgoing
+                .push(reply_ok(&id, &serde_json::json!({"pong": true}))),
+            ClientOp::Subscribe { stream, after_seq } => self.subscribe(id, &stream, after_seq),
             ClientOp::Unsubscribe { stream } => {
                 if let Ok(key) = stream.parse::<StreamKey>() {
-                    self.subs.remove(&key);
+                    self.follower.remove(key);
+                    self.state.runtime.bus().unsubscribe(key, &self.inbox);
                 }
-                self.reply(&id, Ok(serde_json::json!({}))).await
+                self.outgoing.push(reply_ok(&id, &serde_json::json!({})));
             }
-            op => {
-                self.spawn_op(id, op).await;
-                Ok(())
-            }
+            op => self.spawn_op(id, op),
         }
     }
 
-    async fn subscribe(
-        &mut self,
-        stream: &str,
-        after_seq: Option<i64>,
-    ) -> Result<serde_json::Value> {
-        let key: StreamKey = stream.parse().map_err(Error::BadRequest)?;
-        let limit = self.state.runtime.limits().max_subscriptions;
-        if !self.subs.contains_key(&key) && self.subs.len() >= limit {
-            return Err(Error::BadRequest(format!(
-                "at most {limit} subscriptions per connection"
-            )));
-        }
-        let p = self.reg.principal.borrow().clone();
-        let (cursor, last_seq) = self.state.runtime.subscribe(&p, key, after_seq).await?;
-        // Re-subscribing replaces the old cursor with one at the new position.
-        self.subs.insert(key, cursor_stream(cursor));
-        serde_json::to_value(SubscribeReply {
-            stream: key.to_string(),
-            last_seq,
-        })
-        .map_err(Error::internal)
-    }
-
-    /// Run an op on its own task. Waits for a free slot first, which stops
-    /// reading from this client while it has too much in flight.
-    async fn spawn_op(&mut self, id: FrameId, op: ClientOp) {
-        let Ok(permit) = self.inflight.clone().acquire_owned().await else {
-            return;
+    /// Start a `subscribe`: checked and registered on the bus by an op,
+    /// whose [`Item::Subscribed`] then sets the stream's position here.
+    fn subscribe(&mut self, id: FrameId, stream: &str, after_seq: Option<i64>) {
+        let key: StreamKey = match stream.parse() {
+            Ok(k) => k,
+            Err(e) => return self.outgoing.push(reply_err(&id, &Error::BadRequest(e))),
         };
-        let rt = self.state.runtime.clone();
-        let p = self.reg.principal.borrow().clone();
+        if !self.follower.contains(key) && self.follower.len() + self.pending_subs >= self.max_subs
+        {
+            let e = Error::BadRequest(format!(
+                "at most {} subscriptions per connection",
+                self.max_subs
+            ));
+            return self.outgoing.push(reply_err(&id, &e));
+        }
+        self.inflight += 1;
+        self.pending_subs += 1;
+        let (rt, p, inbox) = (
+            self.state.runtime.clone(),
+            self.principal.clone(),
+            self.inbox.clone(),
+        );
+        self.state.connections.spawn(async move {
+            let item = match rt.subscribe_inbox(&p, key, after_seq, &inbox).await {
+                Ok((after, last_seq)) => {
+                    let reply = SubscribeReply {
+                        stream: key.to_string(),
+                        last_seq,
+                    };
+                    Item::Subscribed {
+                        key,
+                        after: Some(after),
+                        reply: reply_ok(&id, &reply),
+                    }
+                }
+                // Nothing was registered: the stream stays unfollowed.
+                Err(e) => Item::Subscribed {
+                    key,
+                    after: None,
+                    reply: reply_err(&id, &e),
+                },
+            };
+            inbox.push(item);
+        });
+    }
+
+    /// Run an op on its own task; its reply comes back through the inbox.
+    fn spawn_op(&mut self, id: FrameId, op: ClientOp) {
+        self.inflight += 1;
+        let (rt, p, inbox) = (
+            self.state.runtime.clone(),
+            self.principal.clone(),
+            self.inbox.clone(),
+        );
         let session_id = self.session_id;
-        let replies = self.replies_tx.clone();
         let span = tracing::info_span!("op", op = op.name(), id = ?id);
         self.state.connections.spawn(
             async move {
                 let frame = answer(&id, dispatch(&rt, &p, session_id, op)).await;
-                let _ = replies.send(frame).await;
-                drop(permit);
+                inbox.push(Item::Reply(frame));
             }
             .instrument(span),
         );
@@ -491,7 +519,7 @@ impl Connection {
 async fn answer(
     id: &FrameId,
     handler: impl std::future::Future<Output = Result<serde_json::Value>>,
-) -> String {
+) -> Frame {
     match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(Ok(v)) => reply_ok(id, &v),
         Ok(Err(e)) => reply_err(id, &e),
@@ -499,17 +527,6 @@ async fn answer(
             tracing::error!("op handler panicked");
             reply_err(id, &Error::Internal)
         }
-    }
-}
-
-/// The close code for a read error.
-fn classify(e: axum::Error) -> (u16, &'static str) {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => (close::TOO_BIG, "message too big"),
-        Some(tungstenite::Error::Utf8(_)) => (close::INVALID_DATA, "invalid UTF-8"),
-        Some(tungstenite::Error::Protocol(_)) => (1002, "protocol error"),
-        _ => (0, "read error"),
     }
 }
 
@@ -523,12 +540,12 @@ mod tests {
     async fn a_panicking_handler_gets_an_internal_error_reply() {
         let id = Some(serde_json::json!("req-7"));
         let frame = answer(&id, async { panic!("secret detail") }).await;
-        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        let v: serde_json::Value = serde_json::from_str(frame.payload_str()).unwrap();
         assert_eq!(v["id"], "req-7");
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"]["code"], "internal");
-        assert!(!frame.contains("secret detail"));
+        assert!(!frame.payload_str().contains("secret detail"));
         let ok = answer(&id, async { Ok(serde_json::json!({"x": 1})) }).await;
-        assert!(ok.contains(r#""ok":true"#));
+        assert!(ok.payload_str().contains(r#""ok":true"#));
     }
 }

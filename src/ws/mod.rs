@@ -1,23 +1,27 @@
 //! WebSocket protocol v1 at `GET /ws`: the upgrade ([`upgrade`]), the
-//! per-connection loop ([`connection`]) and the op dispatcher ([`dispatch`]).
+//! framing ([`frame`]), the first message ([`hello`]), the per-connection
+//! loop ([`connection`] over [`io`]) and the op dispatcher ([`dispatch`]).
+//!
+//! hyper parses the upgrade request; after the `101` the node takes the
+//! TCP socket back from hyper and runs its own framing on it (see
+//! [`frame`] for why).
 
 mod connection;
 mod dispatch;
+pub mod frame;
+mod hello;
+mod io;
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::app::AppState;
-
-/// Read buffer per connection. tungstenite's default of 128 KiB costs about
-/// 137 KB per idle session; 4 KiB costs about 6 KB.
-const READ_BUFFER: usize = 4 * 1024;
-/// Bytes buffered before a write goes to the socket.
-const WRITE_BUFFER: usize = 4 * 1024;
+use crate::error::Error;
 
 /// WebSocket close codes of protocol v1.
 pub mod close {
@@ -60,35 +64,83 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
 }
 
+/// Whether a header holds `token` in its comma-separated list (any case).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// The `Sec-WebSocket-Key` of a valid upgrade request.
+fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, Error> {
+    if !has_token(headers, header::CONNECTION, "upgrade")
+        || !has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(Error::BadRequest(
+            "this is the WebSocket endpoint: send an Upgrade: websocket request".into(),
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err(Error::BadRequest(
+            "only WebSocket version 13 is supported".into(),
+        ));
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| Error::BadRequest("Sec-WebSocket-Key is missing".into()))
+}
+
 /// `GET /ws`.
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
-    if !origin_allowed(&headers, &state.runtime.security().allowed_origins) {
+    let headers = req.headers();
+    if !origin_allowed(headers, &state.runtime.security().allowed_origins) {
         metrics::counter!("switchboard_ws_origin_refused_total").increment(1);
-        tracing::warn!(%peer, origin = ?headers.get(axum::http::header::ORIGIN), "WebSocket upgrade from a foreign origin refused");
-        let e = crate::error::Error::Forbidden(
-            "this origin may not open a WebSocket to this node".into(),
-        );
-        return axum::response::IntoResponse::into_response(e);
+        tracing::warn!(%peer, origin = ?headers.get(header::ORIGIN), "WebSocket upgrade from a foreign origin refused");
+        return Error::Forbidden("this origin may not open a WebSocket to this node".into())
+            .into_response();
     }
-    let max = state.runtime.limits().max_message_bytes;
+    let accept = match upgrade_key(headers) {
+        Ok(key) => tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        Err(e) => return e.into_response(),
+    };
     let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        // The library's default is unbounded; a stuck peer must not grow us.
-        .max_write_buffer_size(WRITE_BUFFER + 2 * max)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tracker = state.connections.clone();
-            tracker.track_future(connection::run(socket, state, header_token, peer))
-        })
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return Error::BadRequest("this connection cannot be upgraded".into()).into_response();
+    };
+    let tracker = state.connections.clone();
+    tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
+        };
+        // The node serves every connection over a plain `TcpStream`, so
+        // this gives the socket back (and what hyper read past the request).
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let stream = parts.io.into_inner();
+                connection::run(stream, parts.read_buf, state, header_token, peer).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        }
+    });
+    let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
 }

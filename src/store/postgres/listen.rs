@@ -141,9 +141,7 @@ impl PostgresStore {
     ) -> crate::error::Result<()> {
         for d in read_stored(self, key, after, limit.max(1)).await? {
             if self.fanout.claim(key, d.seq) {
-                self.fanout
-                    .bus
-                    .publish(key, d.seq, || d.frame.as_str().to_owned());
+                self.fanout.bus.publish(key, d.seq, || d.frame.clone());
             }
         }
         Ok(())

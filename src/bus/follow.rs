@@ -1,0 +1,319 @@
+//! Reading streams in order, without gaps or duplicates: live events from
+//! an [`Inbox`], and whatever the inbox missed read back from the store.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::bus::{Bus, Delivery, Inbox, Item};
+use crate::error::Result;
+use crate::event::StreamKey;
+use crate::protocol::ws::{audit_event_frame, session_event_frame};
+use crate::store::Store;
+
+/// How many stored events a catch-up reads at a time.
+pub const PAGE: i64 = 256;
+/// Live events kept aside while a stream catches up from the store.
+const HOLD: usize = 256;
+
+type Fill = Pin<Box<dyn Future<Output = (StreamKey, Result<Vec<Delivery>>)> + Send>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Delivering live events.
+    Live,
+    /// Missed something: read the store after `last`.
+    Stale,
+    /// Reading the store; `again` when it must read once more after.
+    Filling { again: bool },
+}
+
+#[derive(Debug)]
+struct Sub {
+    key: StreamKey,
+    last: i64,
+    state: State,
+    /// Live events that came during a fill, applied after it.
+    held: Vec<Delivery>,
+}
+
+/// The positions of one consumer in the streams it follows, and the
+/// catch-up from the store when live delivery skipped.
+pub struct Follower {
+    store: Arc<dyn Store>,
+    subs: Vec<Sub>,
+    fill: Option<Fill>,
+}
+
+impl Follower {
+    /// A follower of no stream yet.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Follower {
+            store,
+            subs: Vec::new(),
+            fill: None,
+        }
+    }
+
+    /// Follow `key` after `after`: what is stored comes first. Replaces the
+    /// position when `key` is already followed.
+    pub fn add(&mut self, key: StreamKey, after: i64) {
+        self.remove(key);
+        self.subs.push(Sub {
+            key,
+            last: after.max(0),
+            state: State::Stale,
+            held: Vec::new(),
+        });
+    }
+
+    /// Follow `key` live from `last`, reading nothing stored first.
+    pub fn add_live(&mut self, key: StreamKey, last: i64) {
+        self.add(key, last);
+        if let Some(s) = self.subs.last_mut() {
+            s.state = State::Live;
+        }
+    }
+
+    /// Stop following `key`.
+    pub fn remove(&mut self, key: StreamKey) {
+        self.subs.retain(|s| s.key != key);
+    }
+
+    /// Whether `key` is followed.
+    pub fn contains(&self, key: StreamKey) -> bool {
+        self.subs.iter().any(|s| s.key == key)
+    }
+
+    /// How many streams are followed.
+    pub fn len(&self) -> usize {
+        self.subs.len()
+    }
+
+    /// Whether no stream is followed.
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    /// The followed streams.
+    pub fn keys(&self) -> impl Iterator<Item = StreamKey> + '_ {
+        self.subs.iter().map(|s| s.key)
+    }
+
+    /// A live event: `deliver` gets it when it is the next of its stream.
+    pub fn live(&mut self, key: StreamKey, d: Delivery, deliver: &mut impl FnMut(Delivery)) {
+        let Some(sub) = self.subs.iter_mut().find(|s| s.key == key) else {
+            return; // not (or no longer) followed; a later store read covers it
+        };
+        match sub.state {
+            State::Live => next_in_order(sub, d, deliver),
+            State::Filling { .. } if sub.held.len() < HOLD => sub.held.push(d),
+            State::Filling { .. } => sub.state = State::Filling { again: true },
+            State::Stale => {}
+        }
+    }
+
+    /// The inbox dropped events: every stream catches up from the store.
+    pub fn lagged(&mut self) {
+        for sub in &mut self.subs {
+            sub.state = match sub.state {
+                State::Live | State::Stale => State::Stale,
+                State::Filling { .. } => State::Filling { again: true },
+            };
+        }
+    }
+
+    /// Whether a store read is running.
+    pub fn is_filling(&self) -> bool {
+        self.fill.is_some()
+    }
+
+    /// Whether a store read is running or due.
+    pub fn needs_fill(&self) -> bool {
+        self.fill.is_some() || self.subs.iter().any(|s| s.state == State::Stale)
+    }
+
+    /// Run the store catch-up: start a read for a stale stream, or finish
+    /// the running one and hand its events to `deliver`. Ready when nothing
+    /// is left to read; an error when the store could not be read.
+    pub fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        deliver: &mut impl FnMut(Delivery),
+    ) -> Poll<Result<()>> {
+        loop {
+            if let Some(fill) = self.fill.as_mut() {
+                let (key, read) = std::task::ready!(fill.as_mut().poll(cx));
+                self.fill = None;
+                self.filled(key, read?, deliver);
+                continue;
+            }
+            let Some(sub) = self.subs.iter_mut().find(|s| s.state == State::Stale) else {
+                return Poll::Ready(Ok(()));
+            };
+            sub.state = State::Filling { again: false };
+            let (store, key, after) = (self.store.clone(), sub.key, sub.last);
+            // On its own task: the read holds a pooled store connection
+            // until it completes, and this follower's owner may stop polling
+            // it for a long time (a socket that does not drain).
+            let read =
+                tokio::spawn(async move { read_stored(store.as_ref(), key, after, PAGE).await });
+            self.fill = Some(Box::pin(async move {
+                let read = match read.await {
+                    Ok(r) => r,
+                    Err(e) => Err(crate::error::Error::internal(format!(
+                        "store read failed: {e}"
+                    ))),
+                };
+                (key, read)
+            }));
+        }
+    }
+
+    /// A store read of `key` came back.
+    fn filled(&mut self, key: StreamKey, read: Vec<Delivery>, deliver: &mut impl FnMut(Delivery)) {
+        let Some(sub) = self.subs.iter_mut().find(|s| s.key == key) else {
+            return;
+        };
+        let full = read.len() as i64 == PAGE;
+        for d in read {
+            if d.seq > sub.last {
+                sub.last = d.seq;
+                deliver(d);
+            }
+        }
+        let again = matches!(sub.state, State::Filling { again: true });
+        sub.state = State::Live;
+        let held = std::mem::take(&mut sub.held);
+        if full || again {
+            sub.state = State::Stale;
+            return;
+        }
+        for d in held {
+            next_in_order(sub, d, deliver);
+        }
+    }
+}
+
+/// Deliver `d` if it is the next of `sub`'s stream; skip a duplicate; on a
+/// gap, fall back to the store.
+fn next_in_order(sub: &mut Sub, d: Delivery, deliver: &mut impl FnMut(Delivery)) {
+    if sub.state != State::Live || d.seq <= sub.last {
+        return;
+    }
+    if d.seq == sub.last + 1 {
+        sub.last = d.seq;
+        deliver(d);
+    } else {
+        // A gap: publish follows commit, so the missing events are stored.
+        sub.state = State::Stale;
+    }
+}
+
+/// One stream read in order (SSE, internal followers): an inbox on the bus
+/// and a [`Follower`]. Unsubscribes when dropped.
+pub struct Cursor {
+    bus: Arc<Bus>,
+    key: StreamKey,
+    inbox: Arc<Inbox>,
+    follower: Follower,
+    items: VecDeque<Item>,
+    ready: VecDeque<Delivery>,
+}
+
+impl Cursor {
+    /// Start reading `key` after `after_seq`. Subscribes to the bus before
+    /// reading the store, so that nothing committed in between is missed.
+    pub fn new(bus: &Arc<Bus>, store: Arc<dyn Store>, key: StreamKey, after_seq: i64) -> Self {
+        let inbox = Arc::new(Inbox::new(super::RING_CAPACITY));
+        bus.subscribe(key, &inbox);
+        let mut follower = Follower::new(store);
+        follower.add(key, after_seq);
+        Cursor {
+            bus: bus.clone(),
+            key,
+            inbox,
+            follower,
+            items: VecDeque::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The stream this cursor reads.
+    pub fn key(&self) -> StreamKey {
+        self.key
+    }
+
+    /// The next event. `Ok(None)` is reserved for a closed stream.
+    pub async fn next(&mut self) -> Result<Option<Delivery>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Delivery>>> {
+        loop {
+            if let Some(d) = self.ready.pop_front() {
+                return Poll::Ready(Ok(Some(d)));
+            }
+            let drained = self.inbox.drain(cx, &mut self.items);
+            if drained.lagged {
+                self.follower.lagged();
+            }
+            let ready = &mut self.ready;
+            for item in self.items.drain(..) {
+                if let Item::Event(key, d) = item {
+                    self.follower.live(key, d, &mut |d| ready.push_back(d));
+                }
+            }
+            if !self.ready.is_empty() {
+                continue;
+            }
+            if !self.follower.needs_fill() {
+                return Poll::Pending;
+            }
+            let ready = &mut self.ready;
+            let filled = self.follower.poll_fill(cx, &mut |d| ready.push_back(d));
+            match filled {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if self.ready.is_empty() => return Poll::Pending,
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        self.bus.unsubscribe(self.key, &self.inbox);
+    }
+}
+
+/// Stored events of `key` after `after`, as frames.
+pub async fn read_stored(
+    store: &dyn Store,
+    key: StreamKey,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Delivery>> {
+    Ok(match key {
+        StreamKey::Session(id) => store
+            .events_after(id, after, limit)
+            .await?
+            .iter()
+            .map(|e| Delivery {
+                seq: e.seq,
+                frame: session_event_frame(e),
+            })
+            .collect(),
+        StreamKey::Audit => store
+            .audit_after(after, limit)
+            .await?
+            .iter()
+            .map(|r| Delivery {
+                seq: r.seq,
+                frame: audit_event_frame(r),
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,78 @@
+//! The accept loop: every connection is served by hyper (HTTP/1.1, with
+//! upgrades) over the plain `TcpStream`, so that a WebSocket upgrade can
+//! take the socket back from hyper (see [`crate::ws`]).
+//!
+//! What `axum::serve` does, plus: `TCP_NODELAY` on every accepted socket
+//! (a small reply must not wait for Nagle's algorithm and a delayed ACK,
+//! which cost 40 ms per submit), and the peer address for `ConnectInfo`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// How long a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serve `app` on `listener` until `stop` fires, then let every HTTP
+/// connection finish its request in flight and return.
+pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off a little
+                // rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tracker.spawn(serve_connection(stream, peer, app.clone(), stop.clone()));
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// One HTTP connection, until it closes, upgrades, or the node stops.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    stop: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(req.map(axum::body::Body::new)).await;
+            Ok::<_, Infallible>(res.unwrap_or_else(|e| match e {}))
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}

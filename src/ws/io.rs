@@ -1,0 +1,227 @@
+//! The socket side of a connection: reading into a per-thread scratch
+//! buffer and decoding in place, and writing queued frames with one
+//! vectored write.
+//!
+//! An idle connection holds no buffer: reads go into the worker thread's
+//! scratch buffer (uWebSockets keeps one receive buffer per event loop for
+//! the same reason), and the write queue holds references to frames that
+//! are shared with every other subscriber.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::ws::frame::{DecodeError, Decoder, Frame, Incoming};
+
+/// Bytes read per system call.
+const SCRATCH: usize = 64 * 1024;
+/// Frames written per system call.
+const MAX_SLICES: usize = 64;
+/// Reads per poll before letting other connections run.
+const READS_PER_POLL: usize = 4;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Why reading ended.
+#[derive(Debug)]
+pub(super) enum ReadEnd {
+    /// The peer closed the TCP connection (or it broke).
+    Gone,
+    /// The peer sent something that ends the connection.
+    Decode(DecodeError),
+}
+
+/// A connection's socket, decoder and write queue.
+pub(super) struct Io {
+    stream: TcpStream,
+    decoder: Decoder,
+    /// Bytes hyper read past the upgrade request, decoded first.
+    leftover: Bytes,
+    out: VecDeque<Bytes>,
+    /// How much of `out`'s first frame is written.
+    written: usize,
+    /// Bytes queued and not yet written.
+    pub out_bytes: usize,
+    /// The last write found the socket full.
+    blocked: bool,
+    /// When the peer last showed life: a read, or a full socket draining
+    /// (the peer acknowledged data).
+    pub last_seen: Instant,
+}
+
+impl Io {
+    /// Wrap an upgraded socket.
+    pub fn new(stream: TcpStream, leftover: Bytes, max_message: usize) -> Self {
+        Io {
+            stream,
+            decoder: Decoder::new(max_message),
+            leftover,
+            out: VecDeque::new(),
+            written: 0,
+            out_bytes: 0,
+            blocked: false,
+            last_seen: Instant::now(),
+        }
+    }
+
+    /// Queue a frame for writing.
+    pub fn queue(&mut self, frame: &Frame) {
+        self.out_bytes += frame.len();
+        self.out.push_back(frame.wire().clone());
+    }
+
+    /// Read what the socket has and decode it, calling `on` for each
+    /// message until it returns false. Pending when nothing was there.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        on: &mut impl FnMut(Incoming<'_>) -> bool,
+    ) -> Poll<Result<(), ReadEnd>> {
+        if !self.leftover.is_empty() {
+            let mut first = std::mem::take(&mut self.leftover).to_vec();
+            self.last_seen = Instant::now();
+            return Poll::Ready(self.decoder.feed(&mut first, on).map_err(ReadEnd::Decode));
+        }
+        let mut progressed = false;
+        for _ in 0..READS_PER_POLL {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(ReadEnd::Gone)),
+                Poll::Ready(Ok(())) => {}
+            }
+            match self.read_once(on) {
+                Ok(true) => progressed = true,
+                Ok(false) => return Poll::Ready(Err(ReadEnd::Gone)),
+                Err(ReadError::WouldBlock) => continue,
+                Err(ReadError::Gone) => return Poll::Ready(Err(ReadEnd::Gone)),
+                Err(ReadError::Decode(e)) => return Poll::Ready(Err(ReadEnd::Decode(e))),
+            }
+        }
+        if progressed {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Decode messages left over from an earlier read that stopped early.
+    pub fn decode_buffered(
+        &mut self,
+        on: &mut impl FnMut(Incoming<'_>) -> bool,
+    ) -> Result<(), ReadEnd> {
+        if !self.decoder.is_mid_frame() {
+            return Ok(());
+        }
+        self.decoder.feed(&mut [], on).map_err(ReadEnd::Decode)
+    }
+
+    /// One `read` into the scratch buffer; false at end of stream.
+    fn read_once(&mut self, on: &mut impl FnMut(Incoming<'_>) -> bool) -> Result<bool, ReadError> {
+        SCRATCH_BUF.with_borrow_mut(|buf| match self.stream.try_read(buf) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.last_seen = Instant::now();
+                self.decoder
+                    .feed(&mut buf[..n], on)
+                    .map_err(ReadError::Decode)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(ReadError::WouldBlock),
+            Err(_) => Err(ReadError::Gone),
+        })
+    }
+
+    /// Write queued frames until the queue is empty (Ready) or the socket
+    /// is full (Pending).
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Pending => {
+                    self.blocked = true;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for (i, b) in self.out.iter().take(MAX_SLICES).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &b[self.written..] } else { b });
+                n = i + 1;
+            }
+            match self.stream.try_write_vectored(&slices[..n]) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => {
+                    if self.blocked {
+                        // The socket was full and drains: the peer is reading.
+                        self.blocked = false;
+                        self.last_seen = Instant::now();
+                    }
+                    self.advance(written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        if self.out.capacity() > 64 {
+            self.out = VecDeque::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.out_bytes -= n;
+        while n > 0 {
+            let Some(front) = self.out.front() else { break };
+            let left = front.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.out.pop_front();
+        }
+    }
+
+    /// Write everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Read until `on` returns false, the peer closes, or an error.
+    pub async fn read(&mut self, on: &mut impl FnMut(Incoming<'_>) -> bool) -> Result<(), ReadEnd> {
+        std::future::poll_fn(|cx| self.poll_read(cx, on)).await
+    }
+
+    /// Drop what is queued (the peer is gone or we are closing anyway).
+    pub fn discard_queue(&mut self) {
+        self.out.clear();
+        self.out_bytes = 0;
+        self.written = 0;
+    }
+
+    /// Whether part of a frame is on the wire (it must be finished before
+    /// anything else is written).
+    pub fn mid_write(&self) -> bool {
+        self.written > 0
+    }
+
+    /// Half-close the TCP connection.
+    pub async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+    }
+}
+
+enum ReadError {
+    WouldBlock,
+    Gone,
+    Decode(DecodeError),
+}
