@@ -57,6 +57,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error again (for answering several callers with one
+    /// failure).
+    pub fn same(&self) -> Error {
+        match self {
+            Error::BadRequest(m) => Error::BadRequest(m.clone()),
+            Error::Unauthorized(m) => Error::Unauthorized(m.clone()),
+            Error::Forbidden(m) => Error::Forbidden(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::Conflict(m) => Error::Conflict(m.clone()),
+            Error::InvalidTransition(m) => Error::InvalidTransition(m.clone()),
+            Error::PayloadTooLarge(m) => Error::PayloadTooLarge(m.clone()),
+            Error::UnknownAgent(m) => Error::UnknownAgent(m.clone()),
+            Error::DeviceProof(m) => Error::DeviceProof(m.clone()),
+            Error::RateLimited {
+                message,
+                retry_after,
+            } => Error::RateLimited {
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            Error::Internal => Error::Internal,
+        }
+    }
+
     /// The stable snake_case code clients match on.
     pub fn code(&self) -> &'static str {
         match self {
@@ -134,6 +159,30 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => {
+                tracing::error!(error = %e, "store unavailable");
+                Error::Unavailable("the store is not answering; try again shortly".into())
+            }
+            _ => Error::internal(e),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) => Error::Conflict("it already exists".into()),
+            Some(ErrorCode::DiskFull) => {
+                tracing::error!(error = %e, "the database's disk is full");
+                Error::Unavailable("the node's disk is full; nothing was stored".into())
+            }
+            Some(
+                ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::ReadOnly,
+            ) => {
                 tracing::error!(error = %e, "store unavailable");
                 Error::Unavailable("the store is not answering; try again shortly".into())
             }

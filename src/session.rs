@@ -59,7 +59,7 @@ impl Session {
         now: DateTime<Utc>,
     ) -> Self {
         Session {
-            session_id: Uuid::new_v4(),
+            session_id: Uuid::now_v7(),
             user_id: user_id.to_owned(),
             device_id,
             created_at: now,

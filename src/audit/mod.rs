@@ -170,7 +170,7 @@ impl NewAudit {
     /// Chain this record after `prev`: the stored record.
     pub fn chain(self, seq: i64, prev_hash: &str) -> AuditRecord {
         let mut record = AuditRecord {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             event_type: self.event_type.to_owned(),
             timestamp: self.timestamp,
             user_id: self.user_id,

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use crate::bus::{Bus, Delivery, Inbox, Item};
 use crate::error::Result;
 use crate::event::StreamKey;
-use crate::protocol::ws::{audit_event_frame, session_event_frame};
+use crate::protocol::ws::audit_event_frame;
 use crate::store::Store;
 
 /// How many stored events a catch-up reads at a time.
@@ -297,15 +297,7 @@ pub async fn read_stored(
     limit: i64,
 ) -> Result<Vec<Delivery>> {
     Ok(match key {
-        StreamKey::Session(id) => store
-            .events_after(id, after, limit)
-            .await?
-            .iter()
-            .map(|e| Delivery {
-                seq: e.seq,
-                frame: session_event_frame(e),
-            })
-            .collect(),
+        StreamKey::Session(id) => store.event_frames_after(id, after, limit).await?,
         StreamKey::Audit => store
             .audit_after(after, limit)
             .await?

@@ -241,18 +241,38 @@ struct EventFrame<'a, B: Serialize> {
 
 /// `{"op":"event","stream":"session:<id>","seq",..,"type","task_id","at","data"}`.
 pub fn session_event_frame(e: &StoredEvent) -> Frame {
-    let stream = format!("session:{}", e.session_id);
+    let data = match &e.body {
+        crate::event::EventBody::State(s) => serde_json::to_string(s),
+        crate::event::EventBody::Output(o) => serde_json::to_string(o),
+    }
+    .unwrap_or_else(|_| "null".into());
+    event_frame(
+        e.session_id,
+        e.seq,
+        e.body.type_name(),
+        &data,
+        e.task_id,
+        &e.at,
+    )
+}
+
+/// The `event` frame of a session stream's event whose `data` object is
+/// already serialized: what the writer publishes and catch-ups read back.
+/// Field for field what [`EventFrame`] writes.
+pub fn event_frame(
+    session_id: Uuid,
+    seq: i64,
+    kind: &str,
+    data: &str,
+    task_id: Uuid,
+    at: &chrono::DateTime<chrono::Utc>,
+) -> Frame {
+    use std::io::Write;
     Frame::text_with(|buf| {
-        let _ = serde_json::to_writer(
+        let _ = write!(
             buf,
-            &EventFrame {
-                op: "event",
-                stream: &stream,
-                seq: e.seq,
-                body: &e.body,
-                task_id: Some(e.task_id),
-                at: rfc3339(&e.at),
-            },
+            r#"{{"op":"event","stream":"session:{session_id}","seq":{seq},"type":"{kind}","data":{data},"task_id":"{task_id}","at":"{}"}}"#,
+            at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
         );
     })
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventBody, StateChange, now};
 use crate::protocol::{CancelReply, RespondRequest, SubmitRequest, TaskDetail, TaskView};
 use crate::rbac::{Action, Permission};
-use crate::runtime::{Runtime, is_active, parse_state};
+use crate::runtime::{Runtime, parse_state};
 use crate::store::{Append, Rejected, TaskChange, TaskFilter};
 use crate::task::engine::{Outcome, task_metadata};
 use crate::task::{Task, TaskEvent, TaskState};
@@ -74,20 +74,19 @@ impl Runtime {
                 .validate(&params)
                 .map_err(Error::BadRequest)?;
         }
-        let session = match req.session_id {
-            Some(id) => match self.store.get_session(id).await? {
-                // Submitting into someone else's session is never allowed,
-                // not even for admins: it would write to their stream.
-                Some(s) if s.user_id == p.user_id && is_active(&s) => s,
-                _ => return Err(Error::not_found(format!("active session {id}"))),
-            },
-            None => self.default_session(p).await?,
+        // Submitting into someone else's session is never allowed, not even
+        // for admins: it would write to their stream. The store checks that
+        // the session is active and the caller's as it stores the task
+        // (`Rejected::NoSession`), which saves a read per submit.
+        let session_id = match req.session_id {
+            Some(id) => id,
+            None => self.default_session(p).await?.session_id,
         };
         let at = now();
         let task = Task {
-            task_id: Uuid::new_v4(),
+            task_id: Uuid::now_v7(),
             execution_uuid: Uuid::new_v4(),
-            session_id: session.session_id,
+            session_id,
             user_id: p.user_id.clone(),
             agent_type: agent_type.clone(),
             prompt: req.prompt,
@@ -139,6 +138,9 @@ impl Runtime {
                 let key = req.idempotency_key.unwrap_or_default();
                 let first = self.store.task_by_idempotency_key(&p.user_id, &key).await?;
                 first.map(|t| (&t).into()).ok_or(Error::Internal)
+            }
+            Err(Rejected::NoSession) => {
+                Err(Error::not_found(format!("active session {session_id}")))
             }
             Err(other) => Err(Error::internal(format!("submit refused: {other}"))),
         }

@@ -9,7 +9,6 @@
 //! bumping the session's `last_seq`, which keeps them gapless even with
 //! several writers.
 
-mod batch;
 pub mod postgres;
 pub mod sqlite;
 pub mod writer;
@@ -89,6 +88,10 @@ pub enum Rejected {
     /// No such task.
     #[error("no such task")]
     NoTask,
+    /// The session does not exist, has ended, or (for a new task) is not
+    /// the task owner's.
+    #[error("no such active session")]
+    NoSession,
 }
 
 /// Filters of a task listing, newest first.
@@ -259,6 +262,25 @@ pub trait Store: ProjectStore + Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<StoredEvent>>;
 
+    /// The same events as [`Store::events_after`], as `event` frames (a
+    /// store may build them without decoding each event first).
+    async fn event_frames_after(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<crate::bus::Delivery>> {
+        Ok(self
+            .events_after(session_id, after_seq, limit)
+            .await?
+            .iter()
+            .map(|e| crate::bus::Delivery {
+                seq: e.seq,
+                frame: crate::protocol::ws::session_event_frame(e),
+            })
+            .collect())
+    }
+
     // ---- audit ----
 
     /// Append audit records on their own (denials, failed logins).
@@ -299,6 +321,16 @@ pub trait Store: ProjectStore + Send + Sync + 'static {
     /// (PostgreSQL). `None` for a single-node store (SQLite): the node runs
     /// every task it accepts itself.
     fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+
+    /// A committer of the store's own for [`EventWriter`] (SQLite's writer
+    /// thread), and a task that stops it once `stop` fires; `None` when
+    /// batches should go through [`Store::append`].
+    fn own_writer(
+        &self,
+        _stop: tokio_util::sync::CancellationToken,
+    ) -> Option<(EventWriter, tokio::task::JoinHandle<()>)> {
         None
     }
 }

@@ -315,6 +315,14 @@ async fn apply_change(
 ) -> Result<Result<(), Rejected>> {
     match &a.change {
         TaskChange::Insert(t) => {
+            let owner: Option<(String, String)> =
+                sqlx::query_as("SELECT user_id, state FROM sessions WHERE session_id = $1")
+                    .bind(a.session_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            if owner.is_none_or(|(user, state)| user != t.user_id || state != "active") {
+                return Ok(Err(Rejected::NoSession));
+            }
             let done = sqlx::query(
                 "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
                  params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \

@@ -1,54 +1,174 @@
 //! Group commit for the event log.
 //!
-//! Task transitions and output chunks from every running task go through one
-//! bounded queue to one writer, which commits whatever is queued in a single
-//! transaction (one `fsync` for many events) and then answers each sender. A
-//! sender that awaits its answer knows its event is stored and published;
-//! when the queue is full, senders wait, which slows agents down instead of
-//! growing memory.
+//! Task transitions and output chunks from every running task go through
+//! one bounded queue to one committer, which stores whatever is queued in
+//! a single transaction (one `fsync` for many events) and then answers each
+//! sender. On SQLite the committer is the store's writer thread
+//! ([`super::sqlite`]); on PostgreSQL it is a task here that hands batches
+//! to [`Store::append`].
+//!
+//! Two ways to append: [`EventWriter::append`] waits for the commit (state
+//! changes, whose outcome the caller needs), and [`EventWriter::pipeline`]
+//! does not (output chunks): order is the queue's and durability the
+//! committer's, so a producer goes on at once, with at most a [`Pipe`]'s
+//! worth of chunks in flight. When the queue is full, senders wait, which
+//! slows agents down instead of growing memory.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::Stopped;
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::store::{Append, Rejected, Store};
 
 /// Most events committed in one transaction.
-const MAX_BATCH: usize = 2048;
-/// Most events waiting for the writer.
-const QUEUE: usize = 4096;
+pub const MAX_BATCH: usize = 4096;
+/// Most events waiting for the committer.
+pub const QUEUE: usize = 8192;
+/// Output chunks one task may have in flight (sent, not yet committed).
+pub const PIPE_DEPTH: usize = 256;
 
-type Reply = oneshot::Sender<Result<Result<StoredEvent, Rejected>>>;
+/// The outcome of one append.
+pub type Appended = Result<Result<StoredEvent, Rejected>>;
 
-/// A handle to the writer; cheap to clone.
+/// How the committer answers one append.
+#[derive(Debug)]
+pub enum Reply {
+    /// Someone awaits the stored event.
+    Wait(oneshot::Sender<Appended>),
+    /// A pipelined chunk: give its slot back, and stop the pipe when the
+    /// chunk was refused or could not be stored.
+    Pipe(Arc<Pipe>),
+}
+
+impl Reply {
+    /// Deliver the outcome.
+    pub fn send(self, outcome: Appended) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Pipe(pipe) => {
+                if !matches!(outcome, Ok(Ok(_))) {
+                    pipe.stopped.store(true, Ordering::Release);
+                }
+                pipe.slots.add_permits(1);
+            }
+        }
+    }
+
+    /// Whether anyone needs the stored event itself.
+    pub fn wants_event(&self) -> bool {
+        matches!(self, Reply::Wait(_))
+    }
+}
+
+/// The chunks of one task in flight to the committer.
+#[derive(Debug)]
+pub struct Pipe {
+    slots: Semaphore,
+    stopped: AtomicBool,
+}
+
+impl Default for Pipe {
+    fn default() -> Self {
+        Pipe {
+            slots: Semaphore::new(PIPE_DEPTH),
+            stopped: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Pipe {
+    /// Whether a chunk was refused (the task moved on) or lost.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Wait until every chunk sent so far is committed (or refused).
+    pub async fn drained(&self) {
+        if let Ok(all) = self.slots.acquire_many(PIPE_DEPTH as u32).await {
+            drop(all);
+        }
+    }
+}
+
+/// Where appends go: a store's own committer, or the batching task here.
+#[derive(Clone, Debug)]
+enum Sink {
+    Sqlite(mpsc::Sender<super::sqlite::Job>),
+    Batched(mpsc::Sender<(Append, Reply)>),
+}
+
+/// A handle to the committer; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct EventWriter {
-    tx: mpsc::Sender<(Append, Reply)>,
+    sink: Sink,
+}
+
+fn gone() -> Error {
+    Error::Unavailable("the node is shutting down".into())
 }
 
 impl EventWriter {
-    /// Start the writer. It runs until `stop` is cancelled and its queue is
-    /// empty, so that writes already queued at shutdown still land.
+    /// A writer into the SQLite store's writer thread.
+    pub(crate) fn sqlite(jobs: mpsc::Sender<super::sqlite::Job>) -> Self {
+        EventWriter {
+            sink: Sink::Sqlite(jobs),
+        }
+    }
+
+    /// Start the committer for `store`. It runs until `stop` is cancelled
+    /// and its queue is empty, so that writes already queued at shutdown
+    /// still land.
     pub fn spawn(store: Arc<dyn Store>, stop: CancellationToken) -> (Self, JoinHandle<()>) {
+        if let Some((writer, done)) = store.own_writer(stop.clone()) {
+            return (writer, done);
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         let handle = tokio::spawn(run(store, rx, stop));
-        (EventWriter { tx }, handle)
+        (
+            EventWriter {
+                sink: Sink::Batched(tx),
+            },
+            handle,
+        )
+    }
+
+    async fn send(&self, append: Append, reply: Reply) -> Result<()> {
+        match &self.sink {
+            Sink::Sqlite(tx) => tx
+                .send(super::sqlite::Job::Append(append, reply))
+                .await
+                .map_err(|_| gone()),
+            Sink::Batched(tx) => tx.send((append, reply)).await.map_err(|_| gone()),
+        }
     }
 
     /// Append one event and wait until it is committed (or refused).
-    pub async fn append(&self, append: Append) -> Result<Result<StoredEvent, Rejected>> {
+    pub async fn append(&self, append: Append) -> Appended {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((append, reply))
+        self.send(append, Reply::Wait(reply)).await?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Append one event without waiting for its commit; waits only while
+    /// `pipe` is full. `Stopped` once an earlier chunk of the pipe was
+    /// refused or could not be stored.
+    pub async fn pipeline(&self, append: Append, pipe: &Arc<Pipe>) -> Result<(), Stopped> {
+        if pipe.is_stopped() {
+            return Err(Stopped);
+        }
+        let slot = pipe.slots.acquire().await.map_err(|_| Stopped)?;
+        slot.forget();
+        self.send(append, Reply::Pipe(pipe.clone()))
             .await
-            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| Error::Unavailable("the node is shutting down".into()))?
+            .map_err(|_| Stopped)
     }
 }
 
@@ -98,7 +218,7 @@ async fn commit(store: &dyn Store, batch: &mut Vec<(Append, Reply)>) {
     match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(Ok(result));
+                reply.send(Ok(result));
             }
         }
         Err(_) if retry.is_some() => {
@@ -108,12 +228,13 @@ async fn commit(store: &dyn Store, batch: &mut Vec<(Append, Reply)>) {
                     .append(vec![append])
                     .await
                     .and_then(|mut r| r.pop().ok_or(Error::Internal));
-                let _ = reply.send(result);
+                reply.send(result);
             }
         }
         Err(e) => {
-            if let Some(reply) = replies.into_iter().next() {
-                let _ = reply.send(Err(e));
+            let mut replies = replies.into_iter();
+            if let Some(reply) = replies.next() {
+                reply.send(Err(e));
             }
         }
     }

@@ -22,6 +22,7 @@ use crate::agent::{AgentError, AgentRegistry, Answer, Context, Job, Stopped, Tas
 use crate::audit::{NewAudit, kind};
 use crate::error::{Error, Result};
 use crate::event::{EventBody, OutputChunk, StateChange, StoredEvent, now};
+use crate::store::writer::Pipe;
 use crate::store::{Append, EventWriter, Rejected, TaskChange, Transition};
 use crate::task::{Task, TaskEvent, TaskState};
 
@@ -218,7 +219,9 @@ impl Engine {
             {
                 Ok(e) => return Ok(Some(e)),
                 Err(Rejected::StateIs(now)) => from = now,
-                Err(Rejected::NoTask | Rejected::Duplicate) => return Ok(None),
+                Err(Rejected::NoTask | Rejected::Duplicate | Rejected::NoSession) => {
+                    return Ok(None);
+                }
             }
         }
         Err(Error::Conflict("the task kept changing state".into()))
@@ -273,6 +276,7 @@ impl Engine {
             engine: self.clone(),
             task: tref.clone(),
             live: live.clone(),
+            pipe: Arc::new(Pipe::default()),
         });
         let job = Job {
             task_id: task.task_id,
@@ -372,6 +376,8 @@ struct DriverIo {
     engine: Arc<Engine>,
     task: TaskRef,
     live: Arc<Live>,
+    /// Output chunks on their way to the store.
+    pipe: Arc<Pipe>,
 }
 
 #[async_trait]
@@ -385,14 +391,10 @@ impl TaskIo for DriverIo {
             change: TaskChange::Require(TaskState::Running),
             audit: Vec::new(),
         };
-        match self.engine.writer.append(append).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Stopped),
-            Err(e) => {
-                tracing::warn!(error = %e, "output could not be stored; stopping the task");
-                Err(Stopped)
-            }
-        }
+        // Not waiting for the commit: the writer keeps the order, and the
+        // transition that ends the task queues behind every chunk. A chunk
+        // refused (the task moved on) or lost stops the pipe.
+        self.engine.writer.pipeline(append, &self.pipe).await
     }
 
     async fn wait(&self, message: String) -> Result<Answer, Stopped> {
@@ -400,6 +402,8 @@ impl TaskIo for DriverIo {
         if let Ok(mut slot) = self.live.answer.lock() {
             *slot = Some(tx);
         }
+        // The person answering should see every chunk before the question.
+        self.pipe.drained().await;
         match self
             .engine
             .transition(
