@@ -174,6 +174,7 @@ pub async fn serve(
     if let Some(c) = checkpointer {
         let _ = c.await;
     }
+    runtime.store().close().await;
     tracing::info!("stopped");
     Ok(())
 }

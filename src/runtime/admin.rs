@@ -38,6 +38,7 @@ impl Runtime {
     /// Store a changed user and let their open connections know.
     async fn save_user(&self, user: &User, audit: NewAudit) -> Result<UserView> {
         self.store.update_user(user, vec![audit]).await?;
+        self.tokens.forget_user(&user.user_id);
         self.presence.update_user(user);
         Ok(user.into())
     }
@@ -186,6 +187,7 @@ impl Runtime {
             .store
             .revoke_tokens(user_id, now(), vec![audit])
             .await?;
+        self.tokens.forget_user(user_id);
         let closed = self.presence.close_user(user_id, CloseReason::Revoked);
         tracing::info!(user = user_id, revoked, closed, "tokens revoked");
         Ok(TokensRevoked {

@@ -13,6 +13,7 @@ pub mod devices;
 mod projects;
 mod sessions;
 mod tasks;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -58,6 +59,8 @@ pub struct Runtime {
     security: crate::config::SecurityConfig,
     /// Rate limiters.
     throttle: crate::throttle::Throttle,
+    /// Recently resolved tokens.
+    tokens: tokens::TokenCache,
 }
 
 impl Runtime {
@@ -81,6 +84,7 @@ impl Runtime {
             checkpoints: config.checkpoints.clone(),
             security: config.file.security.clone(),
             throttle: crate::throttle::Throttle::new(&config.file.security),
+            tokens: tokens::TokenCache::default(),
         }
     }
 
@@ -146,8 +150,8 @@ impl Runtime {
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
             return Err(Error::Unauthorized("a bearer token is required".into()));
         };
-        match self.store.user_by_token(&hash_token(token), now()).await? {
-            Some(user) => {
+        match self.resolve_token(token).await? {
+            Some((user, _)) => {
                 let mut p = Principal::of(&user);
                 p.peer = peer;
                 Ok(p)
@@ -171,11 +175,24 @@ impl Runtime {
 
     /// When a live token expires (`None`: never, or not live).
     pub async fn token_expiry(&self, token: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-        Ok(self
-            .store
-            .token_expiry(&hash_token(token.trim()))
-            .await?
-            .flatten())
+        Ok(self.resolve_token(token.trim()).await?.and_then(|(_, e)| e))
+    }
+
+    /// The user of a live token and its expiry, from the cache or the store.
+    async fn resolve_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<(User, Option<chrono::DateTime<chrono::Utc>>)>> {
+        let hash = hash_token(token);
+        if let Some(hit) = self.tokens.get(&hash) {
+            return Ok(Some(hit));
+        }
+        let Some(user) = self.store.user_by_token(&hash, now()).await? else {
+            return Ok(None);
+        };
+        let expires_at = self.store.token_expiry(&hash).await?.flatten();
+        self.tokens.put(&hash, &user, expires_at);
+        Ok(Some((user, expires_at)))
     }
 
     /// The one permission check. A denial is audited as `permission.denied`.

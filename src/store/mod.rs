@@ -324,6 +324,10 @@ pub trait Store: ProjectStore + Send + Sync + 'static {
         None
     }
 
+    /// Close the store at shutdown: what is queued is written, files are
+    /// closed, and later calls fail with `unavailable`.
+    async fn close(&self) {}
+
     /// A committer of the store's own for [`EventWriter`] (SQLite's writer
     /// thread), and a task that stops it once `stop` fires; `None` when
     /// batches should go through [`Store::append`].

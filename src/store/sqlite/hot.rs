@@ -89,7 +89,7 @@ impl Writer {
                 self.audit(records.clone())?;
                 Ok(Applied::Done(Ok(())))
             }
-            Job::Write(_) | Job::Stop(_) => Err(Error::internal("not a hot job")),
+            Job::Write(_) | Job::Flush(_) | Job::Close(_) => Err(Error::internal("not a hot job")),
         }
     }
 
@@ -313,7 +313,7 @@ fn fail(job: Job, e: Error) {
             // Not reached (cold jobs run apart), but answer rather than hang.
             drop(f);
         }
-        Job::Stop(done) => {
+        Job::Flush(done) | Job::Close(done) => {
             let _ = done.send(());
         }
     }

@@ -79,7 +79,10 @@ impl SqliteStore {
     }
 
     /// The event writer over this store's writer thread, and a task that
-    /// stops the thread (after committing what is queued) once `stop` fires.
+    /// ends once `stop` fired and everything queued before is committed.
+    /// (The thread itself runs while the store or a writer exists: the
+    /// store still writes after the event writer stops, e.g. the last audit
+    /// checkpoint.)
     pub fn event_writer(
         &self,
         stop: CancellationToken,
@@ -88,7 +91,7 @@ impl SqliteStore {
         let done = tokio::spawn(async move {
             stop.cancelled().await;
             let (tx, rx) = oneshot::channel();
-            if jobs.send(Job::Stop(tx)).await.is_ok() {
+            if jobs.send(Job::Flush(tx)).await.is_ok() {
                 let _ = rx.await;
             }
         });

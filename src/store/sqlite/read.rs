@@ -524,6 +524,17 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.send(Job::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn own_writer(
         &self,
         stop: tokio_util::sync::CancellationToken,

@@ -43,8 +43,11 @@ pub enum Job {
     Audit(Vec<NewAudit>, oneshot::Sender<Result<()>>),
     /// Any other write, in a transaction of its own.
     Write(WriteFn),
-    /// Commit what came before and stop.
-    Stop(oneshot::Sender<()>),
+    /// Answer once everything queued before it is committed (shutdown).
+    Flush(oneshot::Sender<()>),
+    /// Commit what came before, close the database and end the thread;
+    /// answer once it is closed.
+    Close(oneshot::Sender<()>),
 }
 
 /// A cold write: runs against the writer, says whether to commit, and is
@@ -99,7 +102,8 @@ impl Writer {
         }
     }
 
-    /// Serve jobs until [`Job::Stop`] or until every sender is gone.
+    /// Serve jobs until every sender is gone (the store and its event
+    /// writers were dropped).
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut hot = Vec::with_capacity(MAX_BATCH);
@@ -117,8 +121,13 @@ impl Writer {
                         self.hot_batch(&mut hot);
                         self.cold(f);
                     }
-                    Job::Stop(done) => {
+                    Job::Flush(done) => {
                         self.hot_batch(&mut hot);
+                        let _ = done.send(());
+                    }
+                    Job::Close(done) => {
+                        self.hot_batch(&mut hot);
+                        drop(self);
                         let _ = done.send(());
                         return;
                     }
