@@ -155,8 +155,12 @@ impl Inbox {
     pub fn drain(&self, cx: &Context<'_>, out: &mut VecDeque<Item>) -> Drained {
         self.waker.register(cx.waker());
         let mut q = self.lock();
-        out.extend(q.items.drain(..));
-        if q.items.capacity() > 64 {
+        if out.is_empty() {
+            // Hand the queue over whole: nothing is copied, and an idle
+            // inbox keeps no buffer.
+            std::mem::swap(out, &mut q.items);
+        } else {
+            out.extend(q.items.drain(..));
             q.items = VecDeque::new();
         }
         q.events = 0;

@@ -42,7 +42,9 @@ const OUT_HIGH: usize = 256 * 1024;
 /// Read from the store (catch-up) only below this many queued bytes.
 const OUT_LOW: usize = 64 * 1024;
 
-/// Serve one upgraded socket until it closes.
+/// Serve one upgraded socket until it closes: the handshake here, then
+/// the connection on a task of its own, whose state is only the
+/// connection's (the handshake's futures are large and needed once).
 pub async fn run(
     stream: TcpStream,
     leftover: Bytes,
@@ -50,11 +52,23 @@ pub async fn run(
     header_token: Option<String>,
     peer: SocketAddr,
 ) {
+    let attached = Box::pin(attach(stream, leftover, &state, header_token, peer)).await;
+    if let Some(conn) = attached {
+        state.connections.spawn(conn.serve());
+    }
+}
+
+/// `hello`, then everything the connection's loop needs.
+async fn attach(
+    stream: TcpStream,
+    leftover: Bytes,
+    state: &AppState,
+    header_token: Option<String>,
+    peer: SocketAddr,
+) -> Option<Conn> {
     let limits = state.runtime.limits();
     let mut io = Io::new(stream, leftover, limits.max_message_bytes);
-    // Boxed: the handshake's futures are large and needed only once.
-    let attached = Box::pin(hello::handshake(&mut io, &state, header_token, peer)).await;
-    let Some(attached) = attached else { return };
+    let attached = hello::handshake(&mut io, state, header_token, peer).await?;
     let inbox = Arc::new(Inbox::new(limits.stream_ring));
     let key = StreamKey::Session(attached.session_id);
     state.runtime.bus().subscribe(key, &inbox);
@@ -74,18 +88,11 @@ pub async fn run(
         // The node began to stop while this hello was answered.
         inbox.close(close::GOING_AWAY, "server shutting down");
     }
-    let span = tracing::info_span!(
-        "ws",
-        conn = id,
-        user = %principal.user_id,
-        session = %attached.session_id,
-        device = principal.device_id.as_deref().unwrap_or("-"),
-    );
     let period = Duration::from_millis(limits.heartbeat_ms.max(10));
     let expires = attached
         .expires_at
         .map(|at| Instant::now() + (at - chrono::Utc::now()).to_std().unwrap_or_default());
-    let mut conn = Conn {
+    Some(Conn {
         io,
         s: Session {
             frames: state.runtime.throttle().frame_limiter(),
@@ -96,6 +103,7 @@ pub async fn run(
             follower,
             principal,
             session_id: attached.session_id,
+            id,
             items: VecDeque::new(),
             outgoing: Vec::new(),
             inflight: 0,
@@ -105,14 +113,7 @@ pub async fn run(
             expires,
             exit: None,
         },
-    };
-    async move {
-        let exit = std::future::poll_fn(|cx| conn.poll(cx)).await;
-        conn.finish(exit).await;
-    }
-    .instrument(span)
-    .await;
-    state.runtime.presence().unregister(id);
+    })
 }
 
 fn next_beat(period: Duration, expires: Option<Instant>) -> Instant {
@@ -143,6 +144,8 @@ struct Session {
     follower: Follower,
     principal: Arc<Principal>,
     session_id: Uuid,
+    /// The connection's id in presence.
+    id: u64,
     /// Drained from the inbox, being handled.
     items: VecDeque<Item>,
     /// Frames produced while decoding (pongs, immediate replies).
@@ -161,6 +164,27 @@ struct Session {
 }
 
 impl Conn {
+    /// Run the connection until it closes. (Not an `async fn`: its
+    /// argument would be stored twice in the future, once as the argument
+    /// and once as the local it is moved into.)
+    fn serve(self) -> impl std::future::Future<Output = ()> + Send {
+        let span = tracing::info_span!(
+            "ws",
+            conn = self.s.id,
+            user = %self.s.principal.user_id,
+            session = %self.s.session_id,
+            device = self.s.principal.device_id.as_deref().unwrap_or("-"),
+        );
+        let mut conn = self;
+        async move {
+            let exit = std::future::poll_fn(|cx| conn.poll(cx)).await;
+            // Boxed: the goodbye's timers are needed only once.
+            Box::pin(conn.finish(exit)).await;
+            conn.s.state.runtime.presence().unregister(conn.s.id);
+        }
+        .instrument(span)
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Exit> {
         for _ in 0..32 {
             let mut busy = self.inbox(cx);
@@ -222,9 +246,8 @@ impl Conn {
                 Item::Principal(p) => self.s.principal = p,
             }
         }
-        if self.s.items.capacity() > 64 {
-            self.s.items = VecDeque::new();
-        }
+        // An idle connection keeps no buffer.
+        self.s.items = VecDeque::new();
         if events > 0 {
             metrics::counter!("switchboard_events_delivered_total", "transport" => "ws")
                 .increment(events);

@@ -57,12 +57,17 @@ pub(super) struct Io {
 }
 
 impl Io {
-    /// Wrap an upgraded socket.
+    /// Wrap an upgraded socket. `leftover` is copied out: it is a slice of
+    /// hyper's read buffer and would keep all of it alive.
     pub fn new(stream: TcpStream, leftover: Bytes, max_message: usize) -> Self {
         Io {
             stream,
             decoder: Decoder::new(max_message),
-            leftover,
+            leftover: if leftover.is_empty() {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&leftover)
+            },
             out: VecDeque::new(),
             written: 0,
             out_bytes: 0,
@@ -170,9 +175,8 @@ impl Io {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        if self.out.capacity() > 64 {
-            self.out = VecDeque::new();
-        }
+        // An idle connection keeps no buffer.
+        self.out = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 

@@ -120,7 +120,7 @@ pub async fn upgrade(
         return Error::BadRequest("this connection cannot be upgraded".into()).into_response();
     };
     let tracker = state.connections.clone();
-    tracker.spawn(async move {
+    let outer = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
@@ -134,7 +134,8 @@ pub async fn upgrade(
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
-    });
+    };
+    tracker.spawn(outer);
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
