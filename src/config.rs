@@ -212,6 +212,21 @@ impl Default for SecurityConfig {
     }
 }
 
+/// `[link]`: remote agent hosts (`switchboard link`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// How long a host that lost its link may take to come back before its
+    /// unfinished tasks fail.
+    pub grace_ms: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig { grace_ms: 60_000 }
+    }
+}
+
 /// The `--config` file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -221,6 +236,7 @@ pub struct FileConfig {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub security: SecurityConfig,
+    pub link: LinkConfig,
 }
 
 /// Agent names listed even without a config (the original's).

@@ -10,6 +10,7 @@ mod admin;
 pub mod audit;
 pub mod cluster;
 pub mod devices;
+pub mod hosts;
 mod projects;
 mod sessions;
 mod tasks;
@@ -58,6 +59,9 @@ pub struct Runtime {
     security: crate::config::SecurityConfig,
     /// Rate limiters.
     throttle: crate::throttle::Throttle,
+    /// Remote agent hosts linked to this node; their agents are in the
+    /// engine's registry through it.
+    hosts: Arc<crate::link::Hosts>,
 }
 
 impl Runtime {
@@ -71,7 +75,11 @@ impl Runtime {
         agents: AgentRegistry,
         shutdown: CancellationToken,
     ) -> Self {
+        let grace = std::time::Duration::from_millis(config.file.link.grace_ms);
+        let hosts = crate::link::Hosts::new(&config.node_id, grace);
+        agents.attach(hosts.clone());
         Runtime {
+            hosts,
             engine: Engine::new(writer, Arc::new(agents), shutdown),
             store,
             bus,
@@ -229,7 +237,7 @@ impl Runtime {
                     .iter()
                     .map(|p| p.as_str().to_owned())
                     .collect(),
-                agents: s.agents.clone(),
+                agents: agents.providers(s),
                 metadata: json!({ "available_agents": agents.available_providers(s) }),
             })
             .collect())

@@ -15,6 +15,7 @@
 
 mod cluster;
 mod listen;
+mod counts;
 mod projects;
 
 pub use listen::listener_application_name;

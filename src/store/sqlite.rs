@@ -4,6 +4,7 @@
 //! over SQLite's single write lock (no `SQLITE_BUSY` under load); reads use a
 //! separate pool and proceed concurrently thanks to WAL.
 
+mod counts;
 mod projects;
 
 use std::collections::HashSet;

@@ -1,0 +1,1 @@
+//! `switchboard link`: the host side of remote agent hosts.
