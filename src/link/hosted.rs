@@ -260,6 +260,10 @@ impl Hosts {
         let Some(a) = st.tasks.remove(&task_id) else {
             return;
         };
+        if st.ended.len() >= super::ENDED {
+            st.ended.pop_front();
+        }
+        st.ended.push_back((task_id, a.host.clone()));
         if let Some(h) = st.hosts.get_mut(&a.host).filter(|_| !a.expired) {
             if let Some(n) = h.running.get_mut(&a.agent_type) {
                 *n = n.saturating_sub(1);

@@ -21,7 +21,7 @@ pub mod conn;
 pub mod hosted;
 mod view;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ const OUTBOX: usize = 1024;
 const INBOX: usize = 64;
 /// Agents one host may offer.
 pub const MAX_OFFERS: usize = 256;
+/// Tasks remembered after they ended on the node, so that a report racing
+/// a cancel is dropped quietly rather than refused as someone else's.
+const ENDED: usize = 4096;
 
 /// The sending half of a host's live connection.
 #[derive(Clone)]
@@ -112,6 +115,8 @@ struct State {
     /// The slot queues of hosted agents by the name submits use (`agent`
     /// or `agent@host`), kept while any host offers it or tasks use it.
     pools: HashMap<String, Arc<Registered>>,
+    /// Recently ended tasks and their hosts, oldest first.
+    ended: VecDeque<(Uuid, String)>,
     next_conn: u64,
     uses: u64,
 }
@@ -334,7 +339,14 @@ impl Hosts {
                 report.task_id
             ))
         };
-        let a = st.tasks.get_mut(&report.task_id).ok_or_else(not_yours)?;
+        let recently_ended = || st.ended.iter().any(|(id, h)| *id == report.task_id && h == name);
+        let Some(a) = st.tasks.get_mut(&report.task_id) else {
+            return if recently_ended() {
+                Ok(None)
+            } else {
+                Err(not_yours())
+            };
+        };
         if a.host != name || a.expired || link.is_none() {
             return Err(not_yours());
         }
