@@ -72,7 +72,9 @@ async fn list(common: &Common, out: Out) -> Result<u8, CliError> {
         return Ok(exit::OK);
     }
     out.table(
-        &["HOST", "STATE", "USER", "NODE", "RUNNING", "AGENTS", "LINKED"],
+        &[
+            "HOST", "STATE", "USER", "NODE", "RUNNING", "AGENTS", "LINKED",
+        ],
         &rows,
     );
     Ok(exit::OK)

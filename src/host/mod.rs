@@ -141,7 +141,11 @@ fn default_name() -> String {
         })
         .take(64)
         .collect();
-    if clean.is_empty() { "host".into() } else { clean }
+    if clean.is_empty() {
+        "host".into()
+    } else {
+        clean
+    }
 }
 
 /// `switchboard link`.
@@ -206,19 +210,23 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Link, serve, and relink until stopped or refused for good.
-pub async fn run(host: &Host, runner: &Arc<Runner>, stop: &CancellationToken) -> Result<(), CliError> {
+pub async fn run(
+    host: &Host,
+    runner: &Arc<Runner>,
+    stop: &CancellationToken,
+) -> Result<(), CliError> {
     let mut attempt = 0u32;
     let mut away_since: Option<Instant> = None;
     loop {
         let started = Instant::now();
-        let ended = tokio::select! {
-            ended = session::session(host, runner, stop) => ended,
-            _ = stop.cancelled() => Ended::Stopped,
-        };
+        // The session watches `stop` itself, to say goodbye when linked.
+        let ended = session::session(host, runner, stop).await;
         let delay = match ended {
             Ended::Stopped => {
                 if !runner.is_empty() {
-                    status("stopped while not linked: the node fails this host's tasks after its grace period");
+                    status(
+                        "stopped while not linked: the node fails this host's tasks after its grace period",
+                    );
                 }
                 return Ok(());
             }
@@ -238,7 +246,10 @@ pub async fn run(host: &Host, runner: &Arc<Runner>, stop: &CancellationToken) ->
                     away_since = Some(Instant::now());
                 }
                 let delay = backoff(attempt);
-                status(&format!("{why}; reconnecting in {:.1} s", delay.as_secs_f64()));
+                status(&format!(
+                    "{why}; reconnecting in {:.1} s",
+                    delay.as_secs_f64()
+                ));
                 delay
             }
         };

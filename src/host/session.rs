@@ -12,7 +12,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::{Runner, status};
-use super::{Host, Ended};
+use super::{Ended, Host};
 use crate::agent::Answer;
 use crate::cli::CliError;
 use crate::protocol::link::{
@@ -34,7 +34,11 @@ pub fn link_url(base: &str) -> String {
 
 /// Link once and serve until the link ends.
 pub async fn session(host: &Host, runner: &Arc<Runner>, stop: &CancellationToken) -> Ended {
-    let (mut socket, welcome) = match open(host, runner).await {
+    let opened = tokio::select! {
+        opened = open(host, runner) => opened,
+        _ = stop.cancelled() => return Ended::Stopped,
+    };
+    let (mut socket, welcome) = match opened {
         Ok(ok) => ok,
         Err(ended) => return ended,
     };
@@ -229,7 +233,9 @@ fn on_frame(runner: &Arc<Runner>, frame: NodeFrame) {
         NodeFrame::Ack { task_id, n } => runner.ack(task_id, n),
         NodeFrame::Error { task_id, error } => status(&format!(
             "the node refused a frame{}: {} ({})",
-            task_id.map(|t| format!(" about task {t}")).unwrap_or_default(),
+            task_id
+                .map(|t| format!(" about task {t}"))
+                .unwrap_or_default(),
             error.message,
             error.code
         )),

@@ -106,7 +106,12 @@ async fn read_hello(state: &AppState, tx: &mut Tx, rx: &mut Rx) -> Option<LinkHe
 }
 
 /// Serve one upgraded `/link` socket until it closes.
-pub async fn run(socket: WebSocket, state: AppState, header_token: Option<String>, peer: SocketAddr) {
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    header_token: Option<String>,
+    peer: SocketAddr,
+) {
     let (mut tx, mut rx) = socket.split();
     let Some(hello) = read_hello(&state, &mut tx, &mut rx).await else {
         return;
@@ -195,7 +200,8 @@ pub async fn run(socket: WebSocket, state: AppState, header_token: Option<String
         ("leaving", json!(conn.leaving)),
         ("replaced", json!(!current)),
     ];
-    rt.audit_host(&p, kind::HOST_UNLINKED, &name, &details).await;
+    rt.audit_host(&p, kind::HOST_UNLINKED, &name, &details)
+        .await;
     tracing::info!(host = %name, reason = end.1, "host unlinked");
 }
 
@@ -260,10 +266,7 @@ impl Conn {
             .map_err(|_| (0, "peer gone"))
     }
 
-    async fn incoming(
-        &mut self,
-        msg: Option<Result<Message, axum::Error>>,
-    ) -> Result<(), End> {
+    async fn incoming(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
         self.last_seen = Instant::now();
         let text = match msg {
             None | Some(Ok(Message::Close(_))) => return Err((0, "closed by the host")),

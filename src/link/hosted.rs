@@ -361,7 +361,11 @@ impl AgentSource for Hosts {
         s.hosts
             .iter()
             .filter(|(_, h)| h.link.is_some())
-            .flat_map(|(n, h)| h.offers.iter().map(move |o| format!("{}@{n}", o.agent_type)))
+            .flat_map(|(n, h)| {
+                h.offers
+                    .iter()
+                    .map(move |o| format!("{}@{n}", o.agent_type))
+            })
             .collect()
     }
 }

@@ -339,7 +339,11 @@ impl Hosts {
                 report.task_id
             ))
         };
-        let recently_ended = || st.ended.iter().any(|(id, h)| *id == report.task_id && h == name);
+        let recently_ended = || {
+            st.ended
+                .iter()
+                .any(|(id, h)| *id == report.task_id && h == name)
+        };
         let Some(a) = st.tasks.get_mut(&report.task_id) else {
             return if recently_ended() {
                 Ok(None)

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-
 /// The version of the link protocol `welcome` answers with.
 pub const LINK_PROTOCOL: u32 = 1;
 
@@ -272,9 +271,8 @@ pub const UNTRUSTED_CODE: &str = "device_untrusted";
 
 /// Parse a host frame; junk is a `bad_request` with a readable message.
 pub fn parse_host_frame(text: &str) -> Result<HostFrame, crate::error::Error> {
-    serde_json::from_str(text).map_err(|e| {
-        crate::error::Error::BadRequest(format!("bad link frame: {e}"))
-    })
+    serde_json::from_str(text)
+        .map_err(|e| crate::error::Error::BadRequest(format!("bad link frame: {e}")))
 }
 
 /// Schema-only wrappers, for `protocol/schema/link-*.json`.
@@ -306,12 +304,7 @@ mod tests {
             panic!("not a report");
         };
         assert_eq!(r.n, 3);
-        assert_eq!(
-            r.body,
-            ReportBody::Output {
-                chunk: "hi".into()
-            }
-        );
+        assert_eq!(r.body, ReportBody::Output { chunk: "hi".into() });
         let back = serde_json::to_value(HostFrame::Report(r)).unwrap();
         assert_eq!(back, serde_json::from_str::<Value>(text).unwrap());
     }
@@ -319,7 +312,13 @@ mod tests {
     /// Junk is a bad request, never a panic.
     #[test]
     fn junk_is_refused() {
-        for text in ["", "[]", "{}", r#"{"op":"fly"}"#, r#"{"op":"report","n":1}"#] {
+        for text in [
+            "",
+            "[]",
+            "{}",
+            r#"{"op":"fly"}"#,
+            r#"{"op":"report","n":1}"#,
+        ] {
             let e = parse_host_frame(text).unwrap_err();
             assert_eq!(e.code(), "bad_request", "{text}");
         }

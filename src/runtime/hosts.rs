@@ -88,7 +88,9 @@ fn check_hello(hello: &LinkHello) -> Result<()> {
             )));
         }
         if !seen.insert(name) {
-            return Err(Error::BadRequest(format!("agent `{name}` is offered twice")));
+            return Err(Error::BadRequest(format!(
+                "agent `{name}` is offered twice"
+            )));
         }
     }
     Ok(())

@@ -14,8 +14,8 @@
 //! Work distribution and leases live in [`cluster`].
 
 mod cluster;
-mod listen;
 mod counts;
+mod listen;
 mod projects;
 
 pub use listen::listener_application_name;

@@ -11,8 +11,7 @@ use crate::task::TaskState;
 #[async_trait]
 impl TaskCounts for PostgresStore {
     async fn count_tasks(&self, f: &TaskFilter) -> Result<Vec<(TaskState, i64)>> {
-        let mut q =
-            QueryBuilder::<Postgres>::new("SELECT state, COUNT(*) FROM tasks WHERE TRUE");
+        let mut q = QueryBuilder::<Postgres>::new("SELECT state, COUNT(*) FROM tasks WHERE TRUE");
         if let Some(u) = &f.user_id {
             q.push(" AND user_id = ").push_bind(u.clone());
         }
