@@ -15,6 +15,9 @@ use crate::http::extract::{Json, Query};
 use crate::link::HostView;
 use crate::runtime::hosts::{CountQuery, TaskCountsView};
 
+/// Bytes buffered before a write to a host goes to the socket.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// `GET /api/runtime/hosts`.
 #[utoipa::path(
     get,
@@ -60,7 +63,10 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let max = state.runtime.limits().max_message_bytes;
+    let limits = state.runtime.limits();
+    let max = limits.max_message_bytes;
+    // Room for a `run` frame with the largest prompt, escaped.
+    let max_write = WRITE_BUFFER + 2 * (max + limits.max_prompt_bytes);
     let header_token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -68,7 +74,8 @@ pub async fn upgrade(
         .map(str::to_owned);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .max_write_buffer_size(64 * 1024 + 2 * max)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_write)
         .on_upgrade(move |socket| {
             let tracker = state.connections.clone();
             tracker.track_future(crate::link::conn::run(socket, state, header_token, peer))

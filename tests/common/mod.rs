@@ -274,6 +274,14 @@ impl WsClient {
             .expect("ws send");
     }
 
+    /// Send raw text; an error once the server has closed.
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), String> {
+        self.stream
+            .send(Message::text(text))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Send a raw message.
     pub async fn send_raw(&mut self, msg: Message) {
         self.stream.send(msg).await.expect("ws send");
