@@ -266,6 +266,31 @@ mod tests {
         assert_eq!(q.load(), (0, 0));
     }
 
+    /// Resizing hands new slots to waiters at once; shrinking takes effect
+    /// as running tasks finish; zero slots holds everyone in the queue.
+    #[tokio::test]
+    async fn slots_can_be_resized() {
+        let q = FairQueue::new(1);
+        q.set_max(0);
+        let q2 = q.clone();
+        let mut a = tokio::spawn(async move { q2.acquire("u").await });
+        assert!(!ready(&mut a).await);
+        assert_eq!(q.load(), (0, 1));
+        q.set_max(2);
+        let a = a.await.unwrap();
+        let b = q.acquire("u").await;
+        assert_eq!(q.load(), (2, 0));
+        q.set_max(1);
+        let q3 = q.clone();
+        let mut c = tokio::spawn(async move { q3.acquire("v").await });
+        drop(a);
+        assert!(!ready(&mut c).await, "still one over the new size");
+        assert_eq!(q.load(), (1, 1));
+        drop(b);
+        let _c = c.await.unwrap();
+        assert_eq!(q.load(), (1, 0));
+    }
+
     /// A waiter that gives up does not take a slot with it.
     #[tokio::test]
     async fn abandoned_waiters_are_skipped() {

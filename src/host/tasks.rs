@@ -193,7 +193,10 @@ impl Runner {
         if let Some(t) = self.lock().remove(&task_id) {
             t.cancel.cancel();
             if !t.finished {
-                status(&format!("task {task_id} stopped by the node ({reason})"));
+                status(&format!(
+                    "task {task_id} ({}) stopped by the node ({reason})",
+                    t.agent
+                ));
             }
         }
         self.room.notify_waiters();
@@ -298,11 +301,6 @@ impl Runner {
     pub async fn wait(&self) {
         self.tracker.close();
         self.tracker.wait().await;
-    }
-
-    /// Which agent a task runs, for status lines.
-    pub fn agent_of(&self, task_id: Uuid) -> Option<String> {
-        self.lock().get(&task_id).map(|t| t.agent.clone())
     }
 }
 
