@@ -14,6 +14,7 @@
 //! tasks failed, then exits.
 
 pub mod identity;
+mod io;
 pub mod session;
 pub mod tasks;
 

@@ -11,20 +11,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_trait::async_trait;
 use futures_util::FutureExt;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::agent::{AgentError, Answer, Context, Job, Registered, Stopped, TaskIo};
+use super::io::HostIo;
+use crate::agent::{AgentError, Answer, Context, Job, Registered};
 use crate::protocol::link::{Report, ReportBody, Resume, RunTask};
-
-/// Unacked reports one task may hold before its agent waits.
-const WINDOW: usize = 256;
-/// Largest output chunk sent in one report (longer ones are split).
-const MAX_CHUNK: usize = 32 * 1024;
 
 /// One task on this host.
 struct Local {
@@ -88,7 +83,7 @@ impl Runner {
 
     /// Queue a report of `task_id`; `last` marks its final one. False when
     /// the task is gone (stopped) or already finished.
-    fn push(&self, task_id: Uuid, body: ReportBody, last: bool) -> bool {
+    pub(super) fn push(&self, task_id: Uuid, body: ReportBody, last: bool) -> bool {
         let mut tasks = self.lock();
         let Some(t) = tasks.get_mut(&task_id).filter(|t| !t.finished) else {
             return false;
@@ -103,6 +98,23 @@ impl Runner {
         drop(tasks);
         self.wake.notify_one();
         true
+    }
+
+    /// Fires when acks free room in an outbox.
+    pub(super) fn room(&self) -> &Notify {
+        &self.room
+    }
+
+    /// How many reports of `task_id` wait for an ack (`None`: it is gone).
+    pub(super) fn unacked(&self, task_id: Uuid) -> Option<usize> {
+        self.lock().get(&task_id).map(|t| t.outbox.len())
+    }
+
+    /// Where the answer to `task_id`'s `wait` goes.
+    pub(super) fn expect_answer(&self, task_id: Uuid, tx: oneshot::Sender<Answer>) {
+        if let Some(t) = self.lock().get_mut(&task_id) {
+            t.answer = Some(tx);
+        }
     }
 
     /// Start a task the node sent.
@@ -150,10 +162,7 @@ impl Runner {
             return;
         }
         status(&format!("task {id} started ({})", run.agent_type));
-        let io = Arc::new(HostIo {
-            runner: self.clone(),
-            task_id: id,
-        });
+        let io = Arc::new(HostIo::new(self.clone(), id));
         let ctx = Context::new(io, cancel.clone());
         let job = Job {
             task_id: id,
@@ -309,77 +318,6 @@ pub fn status(line: &str) {
     eprintln!("switchboard link: {line}");
 }
 
-/// What an agent on this host sees as its task's engine.
-struct HostIo {
-    runner: Arc<Runner>,
-    task_id: Uuid,
-}
-
-impl HostIo {
-    /// Wait for room in the outbox; `Stopped` once the task is gone.
-    async fn room(&self) -> Result<(), Stopped> {
-        loop {
-            let room = self.runner.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            match self.runner.lock().get(&self.task_id) {
-                None => return Err(Stopped),
-                Some(t) if t.outbox.len() < WINDOW => return Ok(()),
-                Some(_) => {}
-            }
-            room.await;
-        }
-    }
-}
-
-#[async_trait]
-impl TaskIo for HostIo {
-    async fn output(&self, chunk: String) -> Result<(), Stopped> {
-        for piece in split(&chunk, MAX_CHUNK) {
-            self.room().await?;
-            let body = ReportBody::Output {
-                chunk: piece.to_owned(),
-            };
-            if !self.runner.push(self.task_id, body, false) {
-                return Err(Stopped);
-            }
-        }
-        Ok(())
-    }
-
-    async fn wait(&self, message: String) -> Result<Answer, Stopped> {
-        let (tx, rx) = oneshot::channel();
-        if let Some(t) = self.runner.lock().get_mut(&self.task_id) {
-            t.answer = Some(tx);
-        }
-        if !self
-            .runner
-            .push(self.task_id, ReportBody::Wait { message }, false)
-        {
-            return Err(Stopped);
-        }
-        status(&format!("task {} waits for an answer", self.task_id));
-        rx.await.map_err(|_| Stopped)
-    }
-}
-
-/// `text` in pieces of at most `max` bytes, cut on character boundaries.
-fn split(text: &str, max: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while rest.len() > max {
-        let mut cut = max;
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let (head, tail) = rest.split_at(cut);
-        out.push(head);
-        rest = tail;
-    }
-    out.push(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,10 +326,10 @@ mod tests {
     #[test]
     fn chunks_split_on_char_boundaries() {
         let text = "aé".repeat(10);
-        let parts = split(&text, 4);
+        let parts = super::super::io::split(&text, 4);
         assert!(parts.iter().all(|p| p.len() <= 4));
         assert_eq!(parts.concat(), text);
-        assert_eq!(split("", 4), [""]);
+        assert_eq!(super::super::io::split("", 4), [""]);
     }
 
     fn runner() -> Arc<Runner> {
