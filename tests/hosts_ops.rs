@@ -73,6 +73,43 @@ async fn under_require_an_unapproved_host_waits_for_approval() {
     assert_eq!(listed["device_id"], "host-newbox");
 }
 
+/// Over `https://` the host links with `wss://` and the same trust as the
+/// other client commands: with `--ca-cert` for a private CA it links; without
+/// it, it stops at once saying why (exit 3), rather than retrying forever.
+#[tokio::test]
+async fn a_host_links_over_tls_with_a_private_ca() {
+    let s = TestServer::spawn().await;
+    let pki = common::tls::make_pki("link test CA");
+    let proxy = common::tls::tls_proxy(&s.base, &pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let untrusting = LinkHost::start(&proxy.base, "no-ca", HECHO).await;
+    let (status, log) = untrusting.exited().await;
+    assert_eq!(status.code(), Some(3), "{log}");
+    assert!(log.contains("--ca-cert"), "{log}");
+    let host = LinkHost::start_with(
+        dir,
+        &proxy.base,
+        "tls-box",
+        HECHO,
+        ADMIN_TOKEN,
+        &["--ca-cert", ca.to_str().unwrap()],
+    );
+    host.wait_log("linked to https://", 1).await;
+    wait_linked(&s.base, "tls-box").await;
+    let task = s
+        .submit(
+            &s.admin,
+            json!({"agent_type": "hecho", "prompt": "over wss"}),
+        )
+        .await;
+    let done = s
+        .wait_terminal(&s.admin, task["task_id"].as_str().unwrap())
+        .await;
+    assert_eq!(done["result"], "over wss");
+}
+
 /// `switchboard host list --json` prints the hosts; any role with
 /// `agent:list` (a guest too) may list them.
 #[tokio::test]

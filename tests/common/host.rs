@@ -46,6 +46,18 @@ impl LinkHost {
         config: &str,
         token: &str,
     ) -> Self {
+        Self::start_with(dir, base, name, config, token, &[])
+    }
+
+    /// Start with extra arguments (such as `--ca-cert FILE`).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        base: &str,
+        name: &str,
+        config: &str,
+        token: &str,
+        extra: &[&str],
+    ) -> Self {
         let file = dir.path().join("agents.toml");
         std::fs::write(&file, config).expect("write host config");
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
@@ -53,6 +65,7 @@ impl LinkHost {
             .args(["--server", base, "--token", token, "--name", name])
             .arg("--config")
             .arg(&file)
+            .args(extra)
             .env("XDG_CONFIG_HOME", dir.path())
             .env_remove("SWITCHBOARD_SERVER")
             .env_remove("SWITCHBOARD_TOKEN")
@@ -115,6 +128,16 @@ impl LinkHost {
             .expect("the host did not stop in time")
             .expect("wait");
         // Let the log reader catch the last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (status, self.log())
+    }
+
+    /// Wait for the process to exit by itself.
+    pub async fn exited(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the host did not exit")
+            .expect("wait");
         tokio::time::sleep(Duration::from_millis(50)).await;
         (status, self.log())
     }

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod host;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
