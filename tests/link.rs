@@ -45,6 +45,89 @@ async fn next_non_ack(link: &mut WsClient) -> Value {
     }
 }
 
+/// Check a frame against `protocol/schema/<name>`.
+fn check_frame(name: &str, frame: &Value) {
+    let path = format!("{}/protocol/schema/{name}", env!("CARGO_MANIFEST_DIR"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> = validator
+        .iter_errors(frame)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:?}\n{frame}");
+}
+
+/// Every frame of a real link validates against the published schemas,
+/// and the schemas refuse junk.
+#[tokio::test]
+async fn frames_match_the_link_schemas() {
+    let s = TestServer::spawn().await;
+    let hello = json!({"op": "hello", "token": s.admin, "name": "schemas",
+                       "agents": [{"agent_type": "hecho", "kind": "echo", "max_concurrent": 2}]});
+    check_frame("link-host-frame.json", &hello);
+    let (mut link, welcome) = raw_link(&s, &s.admin, "schemas").await;
+    check_frame("link-node-frame.json", &welcome);
+    let task = s
+        .submit(
+            &s.admin,
+            json!({"agent_type": "hecho", "prompt": "p", "params": {"wait": true}}),
+        )
+        .await;
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    let run = link.read().await;
+    check_frame("link-node-frame.json", &run);
+    let frames = [
+        json!({"op": "report", "task_id": id, "n": 1, "type": "output", "chunk": "p"}),
+        json!({"op": "report", "task_id": id, "n": 2, "type": "wait", "message": "ok?"}),
+    ];
+    for f in &frames {
+        check_frame("link-host-frame.json", f);
+        link.send_text(&f.to_string()).await;
+        let ack = link.read().await;
+        assert_eq!(ack["op"], "ack", "{ack}");
+        check_frame("link-node-frame.json", &ack);
+    }
+    s.wait_state(&s.admin, &id, "waiting").await;
+    s.post(
+        &format!("/api/runtime/tasks/{id}/respond"),
+        &s.admin,
+        json!({"approve": true, "input": "yes"}),
+    )
+    .await;
+    let answer = link.read().await;
+    assert_eq!(
+        (answer["op"].as_str(), answer["input"].as_str()),
+        (Some("answer"), Some("yes"))
+    );
+    check_frame("link-node-frame.json", &answer);
+    s.post(
+        &format!("/api/runtime/tasks/{id}/cancel"),
+        &s.admin,
+        json!({}),
+    )
+    .await;
+    let cancel = link.read().await;
+    assert_eq!(cancel["op"], "cancel", "{cancel}");
+    check_frame("link-node-frame.json", &cancel);
+    link.send_text(&report(
+        "6f1c1a0e-7d7e-4c1e-9f43-2a4d8f7f0e11",
+        1,
+        json!({"type": "failed", "error": "x"}),
+    ))
+    .await;
+    let error = link.read().await;
+    check_frame("link-node-frame.json", &error);
+    check_frame("link-host-frame.json", &json!({"op": "bye"}));
+    let path = format!(
+        "{}/protocol/schema/link-host-frame.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    assert!(!v.is_valid(&json!({"op": "report", "n": 1, "type": "output"})));
+    assert!(!v.is_valid(&json!({"op": "fly"})));
+}
+
 /// Reports must be the next number: one that skips is refused, a resent
 /// one is dropped (acked again), so the stored output has each chunk once.
 #[tokio::test]

@@ -24,14 +24,14 @@ use crate::protocol::link::{NodeFrame, ReportBody, RunTask};
 
 /// Which hosts a name may run on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    agent: String,
-    host: Option<String>,
+pub(super) struct Target {
+    pub(super) agent: String,
+    pub(super) host: Option<String>,
 }
 
 impl Target {
     /// `agent@host` or `agent`.
-    fn parse(name: &str) -> Self {
+    pub(super) fn parse(name: &str) -> Self {
         match name.rsplit_once('@') {
             Some((agent, host)) if !agent.is_empty() && !host.is_empty() => Target {
                 agent: agent.to_owned(),
@@ -44,7 +44,7 @@ impl Target {
         }
     }
 
-    fn matches(&self, name: &str) -> bool {
+    pub(super) fn matches(&self, name: &str) -> bool {
         self.host.as_deref().is_none_or(|h| h == name)
     }
 
@@ -103,10 +103,10 @@ impl Agent for HostedAgent {
 
 /// A task on a host. Dropping it before the host reported the end (cancel,
 /// timeout, the node stopping) tells the host to stop the task.
-struct Placement {
+pub(super) struct Placement {
     hosts: Arc<Hosts>,
-    task_id: Uuid,
-    host: String,
+    pub(super) task_id: Uuid,
+    pub(super) host: String,
     reports: mpsc::Receiver<(u64, ReportBody)>,
     lost: watch::Receiver<Option<String>>,
     done: bool,
@@ -189,7 +189,11 @@ impl Hosts {
         }
     }
 
-    fn try_place(&self, target: &Target, job: &Job) -> Result<Option<Placement>, String> {
+    pub(super) fn try_place(
+        &self,
+        target: &Target,
+        job: &Job,
+    ) -> Result<Option<Placement>, String> {
         let me = self.me.upgrade().ok_or("the node is stopping")?;
         let mut s = self.lock();
         let st = &mut *s;
@@ -367,26 +371,5 @@ impl AgentSource for Hosts {
                     .map(move |o| format!("{}@{n}", o.agent_type))
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `agent@host` pins a host; anything else is a plain agent name.
-    #[test]
-    fn targets_parse() {
-        let t = Target::parse("claude@laptop");
-        assert_eq!(
-            (t.agent.as_str(), t.host.as_deref()),
-            ("claude", Some("laptop"))
-        );
-        assert!(t.matches("laptop") && !t.matches("gpu"));
-        for plain in ["claude", "@x", "x@", "a@b@"] {
-            let t = Target::parse(plain);
-            assert!(t.host.is_none() || plain == "a@b@", "{plain}");
-        }
-        assert!(Target::parse("echo").matches("anything"));
     }
 }

@@ -20,6 +20,8 @@
 pub mod conn;
 pub mod hosted;
 mod reports;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
