@@ -116,13 +116,42 @@ pub async fn run(
     let Some(hello) = read_hello(&state, &mut tx, &mut rx).await else {
         return;
     };
-    let rt = state.runtime.clone();
     let token = hello.token.clone().or(header_token);
-    let p = match rt
-        .admit_host(token.as_deref(), Some(peer.to_string()), &hello)
-        .await
-    {
-        Ok(Admission::Admitted(p)) => p,
+    let Some(p) = admit(&state, &mut tx, token.as_deref(), peer, &hello).await else {
+        return;
+    };
+    let span = tracing::info_span!("link", host = %hello.name, user = %p.user_id);
+    let Some((mut conn, welcome)) = attach(&state, tx, rx, p, token, &hello).await else {
+        return;
+    };
+    tracing::Instrument::instrument(
+        async move {
+            let end = match send_frame(&mut conn.tx, &welcome).await {
+                Ok(()) => conn.serve().await,
+                Err(end) => end,
+            };
+            conn.finish(end).await;
+        },
+        span,
+    )
+    .await;
+}
+
+/// Check the token, the permission and the device; refuse (and close) when
+/// any fails.
+async fn admit(
+    state: &AppState,
+    tx: &mut Tx,
+    token: Option<&str>,
+    peer: SocketAddr,
+    hello: &LinkHello,
+) -> Option<Principal> {
+    let admitted = state
+        .runtime
+        .admit_host(token, Some(peer.to_string()), hello)
+        .await;
+    match admitted {
+        Ok(Admission::Admitted(p)) => Some(p),
         Ok(Admission::Untrusted(p)) => {
             let device = p.device_id.clone().unwrap_or_default();
             let error = LinkError {
@@ -131,22 +160,33 @@ pub async fn run(
                     "device `{device}` waits for approval: an admin runs `switchboard device approve {device}`"
                 ),
             };
-            refuse(&mut tx, error, close::UNTRUSTED).await;
-            return;
+            refuse(tx, error, close::UNTRUSTED).await;
+            None
         }
         Err(e) => {
-            refuse(&mut tx, (&e).into(), close_code(&e)).await;
-            return;
+            refuse(tx, (&e).into(), close_code(&e)).await;
+            None
         }
-    };
-    let hosts = rt.host_registry().clone();
+    }
+}
+
+/// Register the host (audited) and build its connection and `welcome`.
+async fn attach(
+    state: &AppState,
+    mut tx: Tx,
+    rx: Rx,
+    p: Principal,
+    token: Option<String>,
+    hello: &LinkHello,
+) -> Option<(Conn, NodeFrame)> {
+    let rt = &state.runtime;
+    let hosts = rt.host_registry();
     let conn_id = hosts.next_conn_id();
     let (out_tx, out_rx) = mpsc::channel(OUTBOX);
     let link = LinkTx::new(conn_id, out_tx);
     let closer = link.close.clone();
-    let name = hello.name.clone();
     let linking = Linking {
-        name: name.clone(),
+        name: hello.name.clone(),
         user_id: p.user_id.clone(),
         device_id: p.device_id.clone(),
         offers: hello.agents.clone(),
@@ -156,15 +196,16 @@ pub async fn run(
         Ok(r) => r,
         Err(e) => {
             refuse(&mut tx, (&e).into(), close_code(&e)).await;
-            return;
+            return None;
         }
     };
     let agents: Vec<&str> = hello.agents.iter().map(|o| o.agent_type.as_str()).collect();
     let details = [("agents", json!(agents)), ("resumed", json!(resume.len()))];
-    rt.audit_host(&p, kind::HOST_LINKED, &name, &details).await;
-    tracing::info!(host = %name, user = %p.user_id, "host linked");
+    rt.audit_host(&p, kind::HOST_LINKED, &hello.name, &details)
+        .await;
+    tracing::info!(host = %hello.name, user = %p.user_id, "host linked");
     let welcome = NodeFrame::Welcome(Welcome {
-        host: name.clone(),
+        host: hello.name.clone(),
         user_id: p.user_id.clone(),
         node_id: rt.node_id().to_owned(),
         grace_ms: hosts.grace().as_millis() as u64,
@@ -173,10 +214,10 @@ pub async fn run(
         resume,
         protocol: LINK_PROTOCOL,
     });
-    let mut conn = Conn {
+    let conn = Conn {
         state: state.clone(),
-        p: p.clone(),
-        name: name.clone(),
+        p,
+        name: hello.name.clone(),
         conn_id,
         token,
         frames: rt.throttle().frame_limiter(),
@@ -187,22 +228,7 @@ pub async fn run(
         leaving: false,
         last_seen: Instant::now(),
     };
-    let end = match send_frame(&mut conn.tx, &welcome).await {
-        Ok(()) => conn.serve().await,
-        Err(end) => end,
-    };
-    if end.0 != 0 {
-        send_close(&mut conn.tx, end.0, end.1).await;
-    }
-    let current = hosts.unlink(&name, conn_id, conn.leaving);
-    let details = [
-        ("reason", json!(end.1)),
-        ("leaving", json!(conn.leaving)),
-        ("replaced", json!(!current)),
-    ];
-    rt.audit_host(&p, kind::HOST_UNLINKED, &name, &details)
-        .await;
-    tracing::info!(host = %name, reason = end.1, "host unlinked");
+    Some((conn, welcome))
 }
 
 struct Conn {
@@ -222,6 +248,26 @@ struct Conn {
 }
 
 impl Conn {
+    /// Close with the end's code, unlink the host (it stays for the grace
+    /// period unless it said `bye`), and audit it.
+    async fn finish(mut self, end: End) {
+        if end.0 != 0 {
+            send_close(&mut self.tx, end.0, end.1).await;
+        }
+        let rt = self.state.runtime.clone();
+        let current = rt
+            .host_registry()
+            .unlink(&self.name, self.conn_id, self.leaving);
+        let details = [
+            ("reason", json!(end.1)),
+            ("leaving", json!(self.leaving)),
+            ("replaced", json!(!current)),
+        ];
+        rt.audit_host(&self.p, kind::HOST_UNLINKED, &self.name, &details)
+            .await;
+        tracing::info!(reason = end.1, "host unlinked");
+    }
+
     async fn serve(&mut self) -> End {
         let period = Duration::from_millis(self.state.runtime.limits().heartbeat_ms.max(10));
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
