@@ -57,6 +57,22 @@ impl Target {
     }
 }
 
+/// The linked host with the most free slots for `target`, among equals the
+/// one used longest ago; `None` when every one is full.
+fn best_host(s: &State, target: &Target) -> Option<String> {
+    s.hosts
+        .iter()
+        .filter(|(_, h)| h.link.is_some())
+        .filter_map(|(n, h)| {
+            let offer = target.offer(n, h)?;
+            let busy = h.running.get(&target.agent).copied().unwrap_or(0);
+            let free = offer.max_concurrent.saturating_sub(busy);
+            (free > 0).then_some((n, free, h.last_used))
+        })
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)))
+        .map(|(n, _, _)| n.clone())
+}
+
 /// The agent behind one hosted name.
 struct HostedAgent {
     hosts: Arc<Hosts>,
@@ -203,18 +219,7 @@ impl Hosts {
                 target.agent
             ));
         }
-        let best = st
-            .hosts
-            .iter()
-            .filter(|(_, h)| h.link.is_some())
-            .filter_map(|(n, h)| {
-                let offer = target.offer(n, h)?;
-                let busy = h.running.get(&target.agent).copied().unwrap_or(0);
-                let free = offer.max_concurrent.saturating_sub(busy);
-                (free > 0).then(|| (n.clone(), free, h.last_used))
-            })
-            .max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)));
-        let Some((name, _, _)) = best else {
+        let Some(name) = best_host(st, target) else {
             return Ok(None);
         };
         st.uses += 1;

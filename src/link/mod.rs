@@ -124,6 +124,30 @@ struct State {
     uses: u64,
 }
 
+impl State {
+    /// The tasks the node gave host `who.name`: those it still runs (to
+    /// resume, with what is stored), and the lost ones' failure senders.
+    fn sort_tasks(&self, who: &Linking) -> (Vec<Resume>, Vec<watch::Sender<Option<String>>>) {
+        let mut resume = Vec::new();
+        let mut lost = Vec::new();
+        let mine = self
+            .tasks
+            .iter()
+            .filter(|(_, a)| a.host == who.name && !a.expired);
+        for (id, a) in mine {
+            if who.running.contains(id) {
+                resume.push(Resume {
+                    task_id: *id,
+                    acked: a.acked,
+                });
+            } else {
+                lost.push(a.lost.clone());
+            }
+        }
+        (resume, lost)
+    }
+}
+
 /// Who is linking: what [`Hosts::link`] needs to know.
 pub struct Linking {
     /// The host's name.
@@ -199,22 +223,7 @@ impl Hosts {
                     old_link.close.cancel();
                 }
             }
-            let mut resume = Vec::new();
-            let mut lost = Vec::new();
-            let mine = st
-                .tasks
-                .iter()
-                .filter(|(_, a)| a.host == who.name && !a.expired);
-            for (id, a) in mine {
-                if who.running.contains(id) {
-                    resume.push(Resume {
-                        task_id: *id,
-                        acked: a.acked,
-                    });
-                } else {
-                    lost.push(a.lost.clone());
-                }
-            }
+            let (resume, lost) = st.sort_tasks(&who);
             let running = st
                 .hosts
                 .get(&who.name)
