@@ -219,11 +219,18 @@ pub struct LinkConfig {
     /// How long a host that lost its link may take to come back before its
     /// unfinished tasks fail.
     pub grace_ms: u64,
+    /// Frames one host may send a second; faster hosts are slowed down (the
+    /// node reads more slowly), not cut off. Refused frames count against
+    /// `[security] frames_per_second`, and past it the link is closed (4429).
+    pub frames_per_second: u32,
 }
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        LinkConfig { grace_ms: 60_000 }
+        LinkConfig {
+            grace_ms: 60_000,
+            frames_per_second: 2_000,
+        }
     }
 }
 

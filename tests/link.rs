@@ -298,8 +298,51 @@ async fn linking_needs_agent_configure() {
     assert_eq!(status, 200);
 }
 
-/// An oversized frame closes the link with 1009, a flood with 4429; the
-/// host's tasks wait for it (grace) and the node serves on.
+/// A host reporting faster than `[link] frames_per_second` is slowed down,
+/// not cut off: every report is stored, in order.
+#[tokio::test]
+async fn a_fast_host_is_paced_not_cut_off() {
+    let mut file = FileConfig::default();
+    file.security.frames_per_second = 5;
+    file.link.frames_per_second = 100;
+    let s = TestServer::spawn_with(file).await;
+    let (mut link, welcome) = raw_link(&s, &s.admin, "fast").await;
+    assert_eq!(welcome["op"], "welcome");
+    let task = s
+        .submit(&s.admin, json!({"agent_type": "hecho", "prompt": "p"}))
+        .await;
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(link.read().await["op"], "run");
+    let n = 300;
+    for i in 1..=n {
+        link.send_text(&report(
+            &id,
+            i,
+            json!({"type": "output", "chunk": format!("<{i}>")}),
+        ))
+        .await;
+    }
+    link.send_text(&report(
+        &id,
+        n + 1,
+        json!({"type": "completed", "result": "done"}),
+    ))
+    .await;
+    let done = s.wait_terminal(&s.admin, &id).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    let (_, detail) = s.get(&format!("/api/runtime/tasks/{id}"), &s.admin).await;
+    let output: String = detail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["chunk"].as_str())
+        .collect();
+    let want: String = (1..=n).map(|i| format!("<{i}>")).collect();
+    assert_eq!(output, want);
+}
+
+/// An oversized frame closes the link with 1009, a flood of refused frames
+/// with 4429; the host's tasks wait for it (grace) and the node serves on.
 #[tokio::test]
 async fn oversized_and_flooding_hosts_are_closed() {
     let mut file = FileConfig::default();

@@ -221,6 +221,7 @@ async fn attach(
         conn_id,
         token,
         frames: rt.throttle().frame_limiter(),
+        pace: pace(rt.link_config().frames_per_second),
         out_rx,
         closer,
         tx,
@@ -237,7 +238,10 @@ struct Conn {
     name: String,
     conn_id: u64,
     token: Option<String>,
+    /// Refused frames; past this budget the link is closed.
     frames: crate::throttle::FrameLimiter,
+    /// Every frame; past this rate reading slows down.
+    pace: governor::DefaultDirectRateLimiter,
     out_rx: mpsc::Receiver<NodeFrame>,
     closer: tokio_util::sync::CancellationToken,
     tx: Tx,
@@ -324,10 +328,9 @@ impl Conn {
             }
             Some(Ok(_)) => return Ok(()),
         };
-        if !self.frames.allow() {
-            metrics::counter!("switchboard_rate_limited_total", "what" => "link_frames")
-                .increment(1);
-            return Err((close::FLOOD, "too many frames a second"));
+        if self.pace.check().is_err() {
+            metrics::counter!("switchboard_rate_limited_total", "what" => "link_pace").increment(1);
+            self.pace.until_ready().await;
         }
         match parse_host_frame(text.as_str()) {
             Err(e) => self.error(None, &e).await,
@@ -363,13 +366,27 @@ impl Conn {
         }
     }
 
+    /// Refuse a frame with an `error`; a host that keeps sending refused
+    /// frames faster than `[security] frames_per_second` is cut off.
     async fn error(&mut self, task_id: Option<uuid::Uuid>, e: &Error) -> Result<(), End> {
+        if !self.frames.allow() {
+            metrics::counter!("switchboard_rate_limited_total", "what" => "link_frames")
+                .increment(1);
+            return Err((close::FLOOD, "too many refused frames a second"));
+        }
         let frame = NodeFrame::Error {
             task_id,
             error: e.into(),
         };
         send_frame(&mut self.tx, &frame).await
     }
+}
+
+/// A limiter letting `per_second` frames through a second, in bursts of
+/// up to a second's worth.
+fn pace(per_second: u32) -> governor::DefaultDirectRateLimiter {
+    let rate = std::num::NonZeroU32::new(per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::direct(governor::Quota::per_second(rate))
 }
 
 /// The close code for a read error.

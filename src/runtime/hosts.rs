@@ -102,6 +102,11 @@ impl Runtime {
         &self.hosts
     }
 
+    /// `[link]`: the grace period and the pace of remote hosts.
+    pub fn link_config(&self) -> &crate::config::LinkConfig {
+        &self.link
+    }
+
     /// Remote agent hosts: this node's, or every live node's on a cluster.
     pub async fn hosts(&self, p: &Principal) -> Result<Vec<HostView>> {
         self.authorize(p, Action::AgentList).await?;

@@ -62,6 +62,8 @@ pub struct Runtime {
     /// Remote agent hosts linked to this node; their agents are in the
     /// engine's registry through it.
     hosts: Arc<crate::link::Hosts>,
+    /// `[link]`: remote agent hosts.
+    link: crate::config::LinkConfig,
 }
 
 impl Runtime {
@@ -80,6 +82,7 @@ impl Runtime {
         agents.attach(hosts.clone());
         Runtime {
             hosts,
+            link: config.file.link.clone(),
             engine: Engine::new(writer, Arc::new(agents), shutdown),
             store,
             bus,
