@@ -387,3 +387,34 @@ async fn oversized_and_flooding_hosts_are_closed() {
         .await;
     assert_eq!(done["state"], "completed");
 }
+
+/// A link lasts only while its token does: taking `agent:configure` away
+/// closes it with 4403 at the next heartbeat, revoking the token with 4401.
+#[tokio::test]
+async fn losing_the_permission_or_the_token_ends_the_link() {
+    let mut file = FileConfig::default();
+    file.limits.heartbeat_ms = 100;
+    let s = TestServer::spawn_with(file).await;
+    let token = s.user("hosts@team.com", &["guest"]).await;
+    let grant = |what: &str, perm: &str| json!({ what: perm });
+    let path = "/api/admin/users/hosts@team.com/permissions";
+    let (status, _) = s
+        .post(path, &s.admin, grant("grant", "agent:configure"))
+        .await;
+    assert_eq!(status, 200);
+    let (mut link, welcome) = raw_link(&s, &token, "guest-box").await;
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    s.post(path, &s.admin, grant("revoke", "agent:configure"))
+        .await;
+    assert_eq!(link.closed().await, Closed::Code(4403));
+
+    s.post(path, &s.admin, grant("grant", "agent:configure"))
+        .await;
+    let (mut link, welcome) = raw_link(&s, &token, "guest-box").await;
+    assert_eq!(welcome["op"], "welcome", "{welcome}");
+    let (status, _) = s
+        .delete("/api/admin/users/hosts@team.com/tokens", &s.admin)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(link.closed().await, Closed::Code(4401));
+}

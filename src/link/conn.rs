@@ -25,6 +25,7 @@ use crate::protocol::link::{
     HostFrame, LINK_PROTOCOL, LinkError, LinkHello, NodeFrame, UNTRUSTED_CODE, Welcome, close,
     parse_host_frame,
 };
+use crate::rbac::Permission;
 use crate::runtime::hosts::Admission;
 
 type Tx = SplitSink<WebSocket, Message>;
@@ -295,20 +296,19 @@ impl Conn {
         if self.last_seen.elapsed() > 2 * period {
             return Err((close::GOING_AWAY, "heartbeat timeout"));
         }
-        // A revoked or expired token ends the link at the next beat.
-        let live = match self.token.as_deref() {
-            Some(t) => {
-                let hash = crate::auth::hash_token(t.trim());
-                match self.state.runtime.store().token_expiry(&hash).await {
-                    Ok(Some(Some(at))) => at > crate::event::now(),
-                    Ok(Some(None)) | Err(_) => true,
-                    Ok(None) => false,
+        // A revoked or expired token, or a user who lost `agent:configure`,
+        // ends the link at the next beat.
+        if let Some(t) = self.token.as_deref() {
+            let hash = crate::auth::hash_token(t.trim());
+            let now = crate::event::now();
+            match self.state.runtime.store().user_by_token(&hash, now).await {
+                Ok(None) => return Err((close::UNAUTHORIZED, "token revoked or expired")),
+                Ok(Some(user)) if !user.permissions().contains(&Permission::AgentConfigure) => {
+                    return Err((close::FORBIDDEN, "agent:configure was taken away"));
                 }
+                // A store hiccup is no reason to drop a host.
+                Ok(Some(_)) | Err(_) => {}
             }
-            None => true,
-        };
-        if !live {
-            return Err((close::UNAUTHORIZED, "token revoked or expired"));
         }
         self.tx
             .send(Message::Ping(Default::default()))
