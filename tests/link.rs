@@ -389,7 +389,8 @@ async fn oversized_and_flooding_hosts_are_closed() {
 }
 
 /// A link lasts only while its token does: taking `agent:configure` away
-/// closes it with 4403 at the next heartbeat, revoking the token with 4401.
+/// closes it with 4403 at the next heartbeat, revoking the token with 4401,
+/// revoking the host's device with 4403.
 #[tokio::test]
 async fn losing_the_permission_or_the_token_ends_the_link() {
     let mut file = FileConfig::default();
@@ -417,4 +418,22 @@ async fn losing_the_permission_or_the_token_ends_the_link() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(link.closed().await, Closed::Code(4401));
+
+    // Revoking the host's device ends its link too.
+    let mut link = WsClient::connect(&link_url(&s)).await;
+    let hello = json!({"op": "hello", "token": s.admin, "name": "dev-box", "device_id": "host-dev-box",
+                       "agents": [{"agent_type": "hecho"}]});
+    link.send_text(&hello.to_string()).await;
+    assert_eq!(link.read().await["op"], "welcome");
+    s.post(
+        "/api/devices",
+        &s.admin,
+        json!({"device_id": "host-dev-box"}),
+    )
+    .await;
+    let (status, _) = s
+        .post("/api/devices/host-dev-box/revoke", &s.admin, json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(link.closed().await, Closed::Code(4403));
 }

@@ -296,8 +296,8 @@ impl Conn {
         if self.last_seen.elapsed() > 2 * period {
             return Err((close::GOING_AWAY, "heartbeat timeout"));
         }
-        // A revoked or expired token, or a user who lost `agent:configure`,
-        // ends the link at the next beat.
+        // A revoked or expired token, a user who lost `agent:configure` or
+        // a revoked device ends the link at the next beat.
         if let Some(t) = self.token.as_deref() {
             let hash = crate::auth::hash_token(t.trim());
             let now = crate::event::now();
@@ -308,6 +308,14 @@ impl Conn {
                 }
                 // A store hiccup is no reason to drop a host.
                 Ok(Some(_)) | Err(_) => {}
+            }
+        }
+        if let Some(device) = self.p.device_id.as_deref() {
+            let found = self.state.runtime.store().get_device(device).await;
+            if let Ok(Some(d)) = found {
+                if d.state == crate::device::DeviceState::Revoked {
+                    return Err((close::FORBIDDEN, "the host's device was revoked"));
+                }
             }
         }
         self.tx
