@@ -21,7 +21,7 @@ use crate::protocol::link::{
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// How long the node has to answer `hello`.
+/// How long connecting, and the node's answer to `hello`, may take.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping host waits for the node to ack its last reports.
 const BYE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,10 +75,11 @@ async fn open(host: &Host, runner: &Runner) -> Result<(Socket, Welcome), Ended> 
         .clone()
         .map(tokio_tungstenite::Connector::Rustls);
     let url = link_url(&host.target.url);
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector)
-            .await
-            .map_err(|e| refused_or_retry(CliError::unreachable(&host.target.url, &e)))?;
+    let connect = tokio_tungstenite::connect_async_tls_with_config(&url, None, false, connector);
+    let (mut socket, _) = tokio::time::timeout(WELCOME_TIMEOUT, connect)
+        .await
+        .map_err(|_| Ended::Retry(format!("connecting to {url} timed out")))?
+        .map_err(|e| refused_or_retry(CliError::unreachable(&host.target.url, &e)))?;
     let hello = HostFrame::Hello(LinkHello {
         token: Some(host.target.token.clone()),
         name: host.name.clone(),
