@@ -60,7 +60,8 @@ impl Runtime {
         let (agent_type, skill) = self.choose_agent(p, &req).await?;
         self.admit(p).await?;
         // Unavailable here means it runs on another node (choose_agent checked).
-        let local = (self.engine.agents().get(&agent_type)).filter(|r| r.agent.info().available);
+        let local = self.engine.agents().get(&agent_type);
+        let local = local.filter(|r| r.agent.info().available);
         let info = match &local {
             Some(registered) => registered.agent.info(),
             None => self.remote_agent(&agent_type).await?,
