@@ -212,6 +212,28 @@ impl Default for SecurityConfig {
     }
 }
 
+/// `[link]`: remote agent hosts (`switchboard link`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// How long a host that lost its link may take to come back before its
+    /// unfinished tasks fail.
+    pub grace_ms: u64,
+    /// Frames one host may send a second; faster hosts are slowed down (the
+    /// node reads more slowly), not cut off. Refused frames count against
+    /// `[security] frames_per_second`, and past it the link is closed (4429).
+    pub frames_per_second: u32,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            grace_ms: 60_000,
+            frames_per_second: 2_000,
+        }
+    }
+}
+
 /// The `--config` file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -221,6 +243,7 @@ pub struct FileConfig {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub security: SecurityConfig,
+    pub link: LinkConfig,
 }
 
 /// Agent names listed even without a config (the original's).

@@ -20,6 +20,9 @@
 //!   reads a stream gaplessly from the store and the bus.
 //! - [`cli`]: the same binary as a terminal client of any node (`run`,
 //!   `watch`, `console`, admin commands), over the WebSocket protocol and REST.
+//! - [`link`]: the node's side of remote agent hosts (`GET /link`): linked
+//!   hosts, and their agents as ordinary [`agent::Agent`]s in the registry;
+//!   [`host`]: the host's side, `switchboard link`.
 //! - [`project`]: Phase 1's projects and project tasks, whose agent runs
 //!   are engine tasks ([`runtime::Runtime::execute`]).
 //! - [`session`], [`presence`] (who is connected), [`event`] (stream events),
@@ -39,7 +42,9 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod event;
+pub mod host;
 pub mod http;
+pub mod link;
 pub mod metrics;
 pub mod presence;
 pub mod project;

@@ -235,8 +235,10 @@ pub enum Action {
     TaskCancel,
     /// Approve or deny a waiting task.
     TaskRespond,
-    /// List agents.
+    /// List agents (and the remote hosts offering some).
     AgentList,
+    /// Link a remote agent host (`switchboard link`) and offer its agents.
+    HostLink,
     /// List skills.
     SkillList,
     /// Manage users, roles, grants and tokens.
@@ -260,7 +262,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::WhoAmI,
         Action::SessionCreate,
         Action::SessionRead,
@@ -271,6 +273,7 @@ impl Action {
         Action::TaskCancel,
         Action::TaskRespond,
         Action::AgentList,
+        Action::HostLink,
         Action::SkillList,
         Action::UserAdmin,
         Action::AuditRead,
@@ -300,6 +303,7 @@ impl Action {
             // Approving lets the agent go on, so it is a submit-level right.
             Action::TaskRespond => &[TaskSubmit],
             Action::AgentList => &[AgentList],
+            Action::HostLink => &[AgentConfigure],
             Action::SkillList => &[SkillList],
             Action::UserAdmin => &[AdminUsers],
             Action::AuditRead => &[AdminSystem],
@@ -328,6 +332,7 @@ impl Action {
             Action::TaskCancel => "task.cancel",
             Action::TaskRespond => "task.respond",
             Action::AgentList => "agent.list",
+            Action::HostLink => "host.link",
             Action::SkillList => "skill.list",
             Action::UserAdmin => "admin.users",
             Action::AuditRead => "audit.read",

@@ -14,6 +14,7 @@ mod page;
 
 use serde_json::{Value, json};
 
+use common::host::{LinkHost, wait_linked};
 use common::{ADMIN_TOKEN, BinaryServer, TestServer, db_in, free_port};
 use harness::Browser;
 use page::{
@@ -700,6 +701,98 @@ async fn screenshots_of_every_view() {
             .await;
         browser.screenshot(&format!("audit-{theme}")).await;
     }
+    browser.close().await;
+    server.stop().await;
+}
+
+/// The Hosts view lists linked hosts and the agents each offers, live: a
+/// host that links shows up, and one that leaves goes, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_view_follows_hosts_live() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let server = TestServer::spawn().await;
+    let first = LinkHost::start(
+        &server.base,
+        "build-box",
+        "[[agents]]\nname = \"aider\"\nkind = \"echo\"\ndescription = \"pair programming\"\nmax_concurrent = 2\n",
+    )
+    .await;
+    wait_linked(&server.base, "build-box").await;
+    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
+    browser.wait_text("#conn-state", "live").await;
+    browser.click("#nav a[data-view='hosts']").await;
+    browser
+        .wait_text(
+            "[data-host='build-box'] [data-testid='host-state']",
+            "linked",
+        )
+        .await;
+    browser
+        .wait_text("[data-host='build-box'] [data-agent='aider']", "aider")
+        .await;
+    let second = LinkHost::start(&server.base, "gpu-box", "").await;
+    browser
+        .wait_text("[data-host='gpu-box'] [data-agent='echo']", "echo")
+        .await;
+    browser.screenshot("hosts").await;
+    let (status, _) = second.terminate().await;
+    assert!(status.success());
+    browser
+        .wait_js(
+            "gpu-box to leave the list",
+            "return !document.querySelector(\"[data-host='gpu-box']\") && !!document.querySelector(\"[data-host='build-box']\");",
+        )
+        .await;
+    assert!(browser.script_errors().await.is_empty());
+    drop(first);
+    browser.close().await;
+    server.stop().await;
+}
+
+/// The board's state chips are the server's totals over every visible
+/// task, not a count of the rows loaded (the board loads 500 at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_counts_are_the_servers_totals() {
+    let Some(browser) = Browser::launch().await else {
+        return;
+    };
+    let mut file = switchboard::config::FileConfig::default();
+    file.security.submits_per_minute = 100_000;
+    let server = TestServer::spawn_with(file).await;
+    let mut last = String::new();
+    for i in 0..503 {
+        let t = server
+            .submit(
+                ADMIN_TOKEN,
+                json!({"agent_type": "echo", "prompt": format!("t{i}")}),
+            )
+            .await;
+        last = t["task_id"].as_str().unwrap().to_owned();
+    }
+    server.wait_terminal(ADMIN_TOKEN, &last).await;
+    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
+    browser.wait_text("#conn-state", "live").await;
+    browser.wait_text("[data-testid='count-all']", "503").await;
+    browser
+        .wait_text("[data-testid='count-completed']", "503")
+        .await;
+    browser.wait_text("#task-shown", "500 tasks").await;
+    // A new task moves the totals without a reload.
+    let t = server
+        .submit(
+            ADMIN_TOKEN,
+            json!({"agent_type": "echo", "prompt": "one more", "params": {"wait": true}}),
+        )
+        .await;
+    server
+        .wait_state(ADMIN_TOKEN, t["task_id"].as_str().unwrap(), "waiting")
+        .await;
+    browser.wait_text("[data-testid='count-all']", "504").await;
+    browser
+        .wait_text("[data-testid='count-waiting']", "1")
+        .await;
     browser.close().await;
     server.stop().await;
 }

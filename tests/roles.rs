@@ -52,6 +52,8 @@ enum Request {
     Ws(Value),
     /// The `hello` of a new WebSocket connection.
     Hello,
+    /// The `hello` of a remote agent host at `GET /link`.
+    Link,
 }
 
 impl fmt::Display for Request {
@@ -61,6 +63,7 @@ impl fmt::Display for Request {
             Request::Sse(path) => write!(f, "SSE {path}"),
             Request::Ws(op) => write!(f, "WS {op}"),
             Request::Hello => f.write_str("WS hello"),
+            Request::Link => f.write_str("link hello"),
         }
     }
 }
@@ -195,6 +198,7 @@ fn probes(action: Action, a: &Actor, other: &Other) -> Vec<Probe> {
         ],
         Action::TaskView => vec![
             get("/api/runtime/tasks"),
+            get("/api/runtime/tasks/counts"),
             get(format!("/api/runtime/tasks/{t}")),
             get(format!("/api/runtime/tasks/{t}/state")),
             ws(json!({"op": "task.get", "task_id": t})),
@@ -211,7 +215,15 @@ fn probes(action: Action, a: &Actor, other: &Other) -> Vec<Probe> {
             ),
             ws(json!({"op": "task.respond", "task_id": w[3], "approve": true})),
         ],
-        Action::AgentList => vec![get("/api/runtime/agents"), ws(json!({"op": "agents.list"}))],
+        Action::AgentList => vec![
+            get("/api/runtime/agents"),
+            get("/api/runtime/hosts"),
+            ws(json!({"op": "agents.list"})),
+        ],
+        Action::HostLink => vec![Probe {
+            request: Request::Link,
+            denial: Denial::Forbidden,
+        }],
         Action::SkillList => vec![get("/api/runtime/skills"), ws(json!({"op": "skills.list"}))],
         Action::UserAdmin => vec![
             get("/api/admin/users"),
@@ -322,6 +334,19 @@ async fn run(server: &TestServer, a: &Actor, socket: &mut WsClient, request: &Re
                 Some("forbidden") => Outcome::Denied(Denial::Forbidden),
                 Some("not_found") => Outcome::Denied(Denial::Hidden),
                 _ => Outcome::Unexpected(reply.to_string()),
+            }
+        }
+        Request::Link => {
+            let url = server.ws_url.replace("/ws", "/link");
+            let mut link = WsClient::connect(&url).await;
+            let hello = json!({"op": "hello", "token": a.token, "name": format!("probe-{}", a.role),
+                               "agents": [{"agent_type": "echo"}]});
+            link.send_text(&hello.to_string()).await;
+            let first = link.read().await;
+            match (first["op"].as_str(), first["error"]["code"].as_str()) {
+                (Some("welcome"), _) => Outcome::Allowed,
+                (Some("error"), Some("forbidden")) => Outcome::Denied(Denial::Forbidden),
+                _ => Outcome::Unexpected(first.to_string()),
             }
         }
         Request::Hello => {
@@ -477,8 +502,8 @@ async fn every_action_is_allowed_exactly_as_the_table_says() {
             assert!(
                 probes
                     .iter()
-                    .any(|p| matches!(p.request, Request::Rest { .. })),
-                "{action:?} has no REST probe"
+                    .any(|p| matches!(p.request, Request::Rest { .. } | Request::Link)),
+                "{action:?} has no REST (or link) probe"
             );
             for probe in probes {
                 if let Request::Ws(op) = &probe.request {
@@ -591,6 +616,8 @@ async fn every_api_route_needs_a_valid_token() {
             Some(json!({"approve": true})),
         ),
         (Method::GET, "/api/runtime/agents".into(), None),
+        (Method::GET, "/api/runtime/hosts".into(), None),
+        (Method::GET, "/api/runtime/tasks/counts".into(), None),
         (Method::GET, "/api/runtime/skills".into(), None),
         (Method::GET, "/api/audit/events".into(), None),
         (Method::GET, "/api/audit/users/admin/activity".into(), None),

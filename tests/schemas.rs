@@ -46,7 +46,10 @@ fn checked_in_copies_match_the_code() {
         "protocol/openapi.json",
         &switchboard::http::openapi::document(),
     ));
-    for (name, schema) in switchboard::protocol::ws::schema::all() {
+    let frames = switchboard::protocol::ws::schema::all()
+        .into_iter()
+        .chain(switchboard::protocol::link::schema::all());
+    for (name, schema) in frames {
         stale.extend(check_or_update(
             &format!("protocol/schema/{name}"),
             &pretty(&schema),

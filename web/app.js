@@ -18,6 +18,7 @@ import { createDetail } from './views/detail.js';
 import { createSubmit } from './views/submit.js';
 import { createSessions } from './views/sessions.js';
 import { createAudit } from './views/audit.js';
+import { createHosts } from './views/hosts.js';
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 500; // tasks per list page
@@ -172,11 +173,13 @@ function buildApp() {
     onOpen: (id) => { location.hash = `#/task/${encodeURIComponent(id)}`; },
     onLoadMore: loadMore,
     onNeedPrompt: needPrompt,
+    fetchCounts: () => api.get('api/runtime/tasks/counts'),
   });
   const views = {
     board: null,
     submit: null, // created only for task:submit holders, so others have no such controls
     sessions: createSessions({ root: $('view-sessions'), api, sessions, can, me: () => me }),
+    hosts: createHosts({ root: $('view-hosts'), api }),
     audit: null, // created only for admin:system holders
   };
   const subscribed = new Set();
@@ -280,13 +283,13 @@ function buildApp() {
       sessions.remember({ session_id: r.session_id, user_id: r.user_id, device_id: auth.deviceId(), state: 'active' });
       subscribed.add(r.session_id);
     },
-    reloadTasks: loadFirstPage,
+    reloadTasks: () => { board.refreshCounts(); return loadFirstPage(); },
   };
 }
 
 // ---- permissions and routing -------------------------------------------------------------------
 
-const VIEW_PERMS = { board: null, submit: 'task:submit', sessions: null, audit: 'admin:system' };
+const VIEW_PERMS = { board: null, submit: 'task:submit', sessions: null, hosts: 'agent:list', audit: 'admin:system' };
 
 function applyPermissions() {
   for (const a of document.querySelectorAll('#nav a[data-perm]')) a.hidden = !can(a.dataset.perm);

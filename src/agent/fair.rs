@@ -4,13 +4,16 @@
 //! others.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 /// The slots of one agent.
 pub struct FairQueue {
-    max: usize,
+    /// Changes only through [`FairQueue::set_max`] (agents of remote hosts
+    /// come and go); read under the state lock where it matters.
+    max: AtomicUsize,
     /// A std mutex is right: it guards a few counters and queues, is never
     /// held across an await, and each critical section is a handful of
     /// pointer moves.
@@ -70,14 +73,59 @@ impl FairQueue {
     /// A queue with `max` slots (at least one).
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(FairQueue {
-            max: max.max(1),
+            max: AtomicUsize::new(max.max(1)),
             state: Mutex::new(State::default()),
         })
     }
 
     /// The number of slots.
     pub fn max(&self) -> usize {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Change the number of slots (0 holds every new task in the queue).
+    /// More slots are handed to waiters at once; fewer take effect as
+    /// running tasks finish.
+    pub fn set_max(self: &Arc<Self>, max: usize) {
+        let grow = {
+            let s = self.lock();
+            self.max.store(max, Ordering::Relaxed);
+            max.saturating_sub(s.running)
+        };
+        for _ in 0..grow {
+            if !self.grant_free() {
+                break;
+            }
+        }
+    }
+
+    /// Hand a free slot to the next live waiter; false when nobody waits
+    /// or no slot is free.
+    fn grant_free(self: &Arc<Self>) -> bool {
+        loop {
+            let next = {
+                let mut s = self.lock();
+                if s.running >= self.max() {
+                    return false;
+                }
+                match s.next_waiter() {
+                    Some(tx) => {
+                        s.running += 1;
+                        tx
+                    }
+                    None => return false,
+                }
+            };
+            let permit = Permit {
+                queue: self.clone(),
+                armed: true,
+            };
+            match next.send(permit) {
+                Ok(()) => return true,
+                // Its drop gives the slot back (and may hand it on).
+                Err(unwanted) => drop(unwanted),
+            }
+        }
     }
 
     /// (running, queued) now.
@@ -98,7 +146,7 @@ impl FairQueue {
     pub async fn acquire(self: &Arc<Self>, user: &str) -> Permit {
         let rx = {
             let mut s = self.lock();
-            if s.running < self.max && s.waiting.is_empty() {
+            if s.running < self.max() && s.waiting.is_empty() {
                 s.running += 1;
                 return Permit {
                     queue: self.clone(),
@@ -127,6 +175,11 @@ impl FairQueue {
         loop {
             let next = {
                 let mut s = self.lock();
+                // Slots were taken away meanwhile: this one goes.
+                if s.running > self.max() {
+                    s.running -= 1;
+                    return;
+                }
                 match s.next_waiter() {
                     Some(tx) => tx,
                     None => {
@@ -211,6 +264,31 @@ mod tests {
         }
         assert_eq!(order, ["alice1", "bob1", "carol1", "alice2", "alice3"]);
         assert_eq!(q.load(), (0, 0));
+    }
+
+    /// Resizing hands new slots to waiters at once; shrinking takes effect
+    /// as running tasks finish; zero slots holds everyone in the queue.
+    #[tokio::test]
+    async fn slots_can_be_resized() {
+        let q = FairQueue::new(1);
+        q.set_max(0);
+        let q2 = q.clone();
+        let mut a = tokio::spawn(async move { q2.acquire("u").await });
+        assert!(!ready(&mut a).await);
+        assert_eq!(q.load(), (0, 1));
+        q.set_max(2);
+        let a = a.await.unwrap();
+        let b = q.acquire("u").await;
+        assert_eq!(q.load(), (2, 0));
+        q.set_max(1);
+        let q3 = q.clone();
+        let mut c = tokio::spawn(async move { q3.acquire("v").await });
+        drop(a);
+        assert!(!ready(&mut c).await, "still one over the new size");
+        assert_eq!(q.load(), (1, 1));
+        drop(b);
+        let _c = c.await.unwrap();
+        assert_eq!(q.load(), (1, 0));
     }
 
     /// A waiter that gives up does not take a slot with it.

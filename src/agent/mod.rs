@@ -18,7 +18,7 @@ pub mod ollama;
 pub mod openai;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -192,10 +192,31 @@ pub struct Skill {
     pub agents: Vec<String>,
 }
 
+/// Agents that come and go while the node runs (those of linked remote
+/// hosts, see [`crate::link`]), consulted by [`AgentRegistry`] after its
+/// own.
+pub trait AgentSource: Send + Sync {
+    /// Every agent's listing now.
+    fn list(&self) -> Vec<AgentInfo>;
+    /// The agent a submit to `name` runs on now, if this source has one.
+    fn get(&self, name: &str) -> Option<Arc<Registered>>;
+    /// Names this source can run now besides the listed `agent_type`s
+    /// (such as `agent@host`), for claiming work on a cluster.
+    fn addresses(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// The agents of this node, by `agent_type`, and the skills they provide.
+///
+/// The configured agents are fixed at start; an [`AgentSource`] attached
+/// with [`AgentRegistry::attach`] adds agents that come and go. A name
+/// resolves to the node's own agent when it can run, else to the source's,
+/// else to the node's own (unavailable) one.
 pub struct AgentRegistry {
-    agents: BTreeMap<String, Registered>,
+    agents: BTreeMap<String, Arc<Registered>>,
     skills: Vec<Skill>,
+    extra: OnceLock<Arc<dyn AgentSource>>,
 }
 
 /// Default concurrency per agent when the config does not say.
@@ -209,6 +230,7 @@ impl AgentRegistry {
         let mut r = AgentRegistry {
             agents: BTreeMap::new(),
             skills: Vec::new(),
+            extra: OnceLock::new(),
         };
         r.add(Arc::new(echo::Echo::default()), DEFAULT_MAX_CONCURRENT);
         r
@@ -262,11 +284,11 @@ impl AgentRegistry {
                 .map(|roles| roles.iter().filter_map(|r| r.parse().ok()).collect());
             r.agents.insert(
                 a.name.clone(),
-                Registered {
+                Arc::new(Registered {
                     agent: gated,
                     slots: FairQueue::new(a.max_concurrent.unwrap_or(DEFAULT_MAX_CONCURRENT)),
                     allowed_roles,
-                },
+                }),
             );
         }
         r.skills = file
@@ -301,21 +323,60 @@ impl AgentRegistry {
         let name = agent.info().agent_type;
         self.agents.insert(
             name,
-            Registered {
+            Arc::new(Registered {
                 agent: Arc::new(gate::Gated::new(agent, false, None)),
                 slots: FairQueue::new(max_concurrent),
                 allowed_roles: None,
-            },
+            }),
         );
     }
 
-    /// One agent.
-    pub fn get(&self, agent_type: &str) -> Option<&Registered> {
-        self.agents.get(agent_type)
+    /// Attach the source of agents that come and go (once; later calls are
+    /// ignored).
+    pub fn attach(&self, source: Arc<dyn AgentSource>) {
+        let _ = self.extra.set(source);
     }
 
-    /// Every agent's listing.
+    /// The agent a submit to `agent_type` runs on: this node's own when it
+    /// can run, else one of the attached source's, else this node's own
+    /// unavailable one.
+    pub fn get(&self, agent_type: &str) -> Option<Arc<Registered>> {
+        let own = self.agents.get(agent_type);
+        if own.is_some_and(|r| r.agent.info().available) {
+            return own.cloned();
+        }
+        self.extra
+            .get()
+            .and_then(|s| s.get(agent_type))
+            .or_else(|| own.cloned())
+    }
+
+    /// Names of agents that can run now, the source's addresses included.
+    pub fn runnable_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|a| a.available)
+            .map(|a| a.agent_type)
+            .collect();
+        if let Some(s) = self.extra.get() {
+            names.extend(s.addresses());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Every agent's listing: this node's own, then the source's.
     pub fn list(&self) -> Vec<AgentInfo> {
+        let mut out = self.own_list();
+        if let Some(s) = self.extra.get() {
+            out.extend(s.list());
+        }
+        out
+    }
+
+    fn own_list(&self) -> Vec<AgentInfo> {
         self.agents
             .iter()
             .map(|(name, r)| {
@@ -345,13 +406,26 @@ impl AgentRegistry {
         self.skills.iter().find(|s| s.skill_id == skill_id)
     }
 
+    /// The providers of `skill`: those resolved at start, then agents of
+    /// the attached source that list it in their capabilities.
+    pub fn providers(&self, skill: &Skill) -> Vec<String> {
+        let mut agents = skill.agents.clone();
+        if let Some(s) = self.extra.get() {
+            for info in s.list() {
+                let offers = info.capabilities.contains(&skill.skill_id);
+                if offers && !agents.contains(&info.agent_type) {
+                    agents.push(info.agent_type);
+                }
+            }
+        }
+        agents
+    }
+
     /// The providers of `skill` that can run now.
     pub fn available_providers(&self, skill: &Skill) -> Vec<String> {
-        skill
-            .agents
-            .iter()
+        self.providers(skill)
+            .into_iter()
             .filter(|a| self.get(a).is_some_and(|r| r.agent.info().available))
-            .cloned()
             .collect()
     }
 }

@@ -54,6 +54,8 @@ pub mod kind {
     pub const DEVICE_TRUSTED: &str = "device.trusted";
     pub const DEVICE_REVOKED: &str = "device.revoked";
     pub const DEVICE_UNTRUSTED: &str = "device.untrusted";
+    pub const HOST_LINKED: &str = "host.linked";
+    pub const HOST_UNLINKED: &str = "host.unlinked";
     pub const PROJECT_CREATED: &str = "project.created";
     pub const PROJECT_UPDATED: &str = "project.updated";
     pub const PROJECT_DELETED: &str = "project.deleted";

@@ -9,13 +9,15 @@
 //! - [`tls`]: `https://` and `wss://` with rustls, and `--ca-cert`.
 //! - One file per command group: [`login`], [`run`] (`run`, `attach`),
 //!   [`watch`], [`tasks`] (tasks, cancel, approve, deny, agents, skills,
-//!   sessions), [`admin`] (users, devices), [`console`].
+//!   sessions), [`admin`] (users, devices), [`console`], [`hosts`]
+//!   (`host list`; `link` itself is [`crate::host`]).
 //! - [`output`]: human rendering and `--json`.
 
 pub mod admin;
 pub mod client;
 pub mod config;
 pub mod console;
+pub mod hosts;
 pub mod login;
 pub mod output;
 pub mod run;
@@ -134,6 +136,14 @@ pub enum Command {
     },
     /// An interactive prompt: each line goes to an agent, answered live.
     Console(console::ConsoleArgs),
+    /// Offer this machine's agents to a node: link out and run its tasks
+    /// (needs agent:configure; see protocol/link.md).
+    Link(crate::host::LinkArgs),
+    /// Remote agent hosts linked to the node.
+    Host {
+        #[command(subcommand)]
+        command: hosts::HostCommand,
+    },
 }
 
 /// Run a client command and turn its outcome into an exit code, printing
@@ -174,6 +184,8 @@ async fn dispatch(common: &Common, command: Command) -> Result<u8, CliError> {
         Command::User { command } => admin::user(common, command, out).await,
         Command::Device { command } => admin::device(common, command, out).await,
         Command::Console(args) => console::console(common, args, out).await,
+        Command::Link(args) => crate::host::link(common, args).await,
+        Command::Host { command } => hosts::host(common, command, out).await,
     }
 }
 

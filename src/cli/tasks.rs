@@ -165,8 +165,11 @@ pub async fn agents(common: &Common, out: Out) -> Result<u8, CliError> {
                 let why = a["metadata"]["reason"].as_str().unwrap_or("no");
                 out.paint(Style::Red, &format!("no: {why}"))
             };
+            // A remote host's agent says which host runs it.
+            let host = a["metadata"]["host"].as_str().unwrap_or("-").to_owned();
             vec![
                 s(a, "agent_type"),
+                host,
                 available,
                 join(a, "capabilities"),
                 s(a, "description"),
@@ -174,7 +177,7 @@ pub async fn agents(common: &Common, out: Out) -> Result<u8, CliError> {
         })
         .collect();
     out.table(
-        &["AGENT", "AVAILABLE", "CAPABILITIES", "DESCRIPTION"],
+        &["AGENT", "HOST", "AVAILABLE", "CAPABILITIES", "DESCRIPTION"],
         &rows,
     );
     Ok(exit::OK)

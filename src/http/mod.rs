@@ -6,6 +6,7 @@ mod audit;
 mod devices;
 pub mod extract;
 mod health;
+mod hosts;
 pub mod openapi;
 mod phase1_tasks;
 mod projects;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
     let (rest, _) = rest().split_for_parts();
     let max_body = state.runtime.limits().max_body_bytes;
     rest.route("/ws", get(crate::ws::upgrade))
+        .route("/link", get(hosts::upgrade))
         .route("/", get(web::index))
         .fallback(web::asset)
         .layer(middleware::from_fn_with_state(max_body, read_body_first))
@@ -85,11 +87,13 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::events))
         .routes(routes!(tasks::submit))
         .routes(routes!(tasks::list))
+        .routes(routes!(hosts::counts))
         .routes(routes!(tasks::detail))
         .routes(routes!(tasks::state))
         .routes(routes!(tasks::cancel))
         .routes(routes!(tasks::respond))
         .routes(routes!(tasks::agents))
+        .routes(routes!(hosts::list))
         .routes(routes!(tasks::skills))
         .routes(routes!(audit::events))
         .routes(routes!(audit::user_activity))

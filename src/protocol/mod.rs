@@ -2,6 +2,7 @@
 //! WebSocket. Handlers convert domain records into these and nothing else
 //! goes on the wire. `protocol/README.md` documents them for people.
 
+pub mod link;
 pub mod phase1;
 pub mod ws;
 

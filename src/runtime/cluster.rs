@@ -69,14 +69,10 @@ impl Runtime {
     }
 
     /// Agents of this node that can run, by name.
+    /// (Hosted agents count: tasks claimed for them run on this node's
+    /// engine, which places them on the host linked here.)
     fn runnable_here(&self) -> Vec<String> {
-        self.engine
-            .agents()
-            .list()
-            .into_iter()
-            .filter(|a| a.available)
-            .map(|a| a.agent_type)
-            .collect()
+        self.engine.agents().runnable_names()
     }
 
     /// Claim what this node can run now and start it.

@@ -10,6 +10,7 @@ mod admin;
 pub mod audit;
 pub mod cluster;
 pub mod devices;
+pub mod hosts;
 mod projects;
 mod sessions;
 mod tasks;
@@ -61,6 +62,11 @@ pub struct Runtime {
     throttle: crate::throttle::Throttle,
     /// Recently resolved tokens.
     tokens: tokens::TokenCache,
+    /// Remote agent hosts linked to this node; their agents are in the
+    /// engine's registry through it.
+    hosts: Arc<crate::link::Hosts>,
+    /// `[link]`: remote agent hosts.
+    link: crate::config::LinkConfig,
 }
 
 impl Runtime {
@@ -74,7 +80,12 @@ impl Runtime {
         agents: AgentRegistry,
         shutdown: CancellationToken,
     ) -> Self {
+        let grace = std::time::Duration::from_millis(config.file.link.grace_ms);
+        let hosts = crate::link::Hosts::new(&config.node_id, grace);
+        agents.attach(hosts.clone());
         Runtime {
+            hosts,
+            link: config.file.link.clone(),
             engine: Engine::new(writer, Arc::new(agents), shutdown),
             store,
             bus,
@@ -255,7 +266,7 @@ impl Runtime {
                     .iter()
                     .map(|p| p.as_str().to_owned())
                     .collect(),
-                agents: s.agents.clone(),
+                agents: agents.providers(s),
                 metadata: json!({ "available_agents": agents.available_providers(s) }),
             })
             .collect())

@@ -59,8 +59,10 @@ impl Runtime {
         }
         let (agent_type, skill) = self.choose_agent(p, &req).await?;
         self.admit(p).await?;
+        // Unavailable here means it runs on another node (choose_agent checked).
         let local = self.engine.agents().get(&agent_type);
-        let info = match local {
+        let local = local.filter(|r| r.agent.info().available);
+        let info = match &local {
             Some(registered) => registered.agent.info(),
             None => self.remote_agent(&agent_type).await?,
         };
@@ -68,7 +70,7 @@ impl Runtime {
         if !params.is_object() {
             return Err(Error::BadRequest("params must be a JSON object".into()));
         }
-        if let Some(registered) = local {
+        if let Some(registered) = &local {
             registered
                 .agent
                 .validate(&params)
@@ -159,7 +161,7 @@ impl Runtime {
         let live = cluster.live_agents(self.lease()).await?;
         let mut found: Vec<_> = live
             .into_iter()
-            .filter(|a| a.info.agent_type == agent_type)
+            .filter(|a| a.info.agent_type == agent_type || a.info.metadata["address"] == agent_type)
             .map(|a| a.info)
             .collect();
         found.sort_by_key(|a| !a.available);
@@ -267,7 +269,7 @@ impl Runtime {
                 // answers (and audits) `forbidden`.
                 let best = available
                     .iter()
-                    .filter(|a| agents.get(a).is_some_and(|r| role_allows(r, p)))
+                    .filter(|a| agents.get(a).is_some_and(|r| role_allows(&r, p)))
                     .min_by_key(|a| {
                         let (running, queued) =
                             agents.get(a).map(|r| r.slots.load()).unwrap_or_default();
@@ -299,7 +301,16 @@ impl Runtime {
                 ));
             }
         };
-        let Some(registered) = agents.get(&name) else {
+        let here = agents.get(&name);
+        let runs_here = here.as_ref().is_some_and(|r| r.agent.info().available);
+        if !runs_here && self.store.cluster().is_some() {
+            if let Ok(info) = self.remote_agent(&name).await {
+                if info.available {
+                    return Ok((name, skill)); // another node runs it
+                }
+            }
+        }
+        let Some(registered) = here else {
             // Not here: another live node of the cluster may have it (its
             // own checks run there); `remote_agent` says why when none does.
             let info = self.remote_agent(&name).await?;
@@ -321,7 +332,7 @@ impl Runtime {
                 "agent `{name}` cannot run: {reason}"
             )));
         }
-        if !role_allows(registered, p) {
+        if !role_allows(&registered, p) {
             let roles: Vec<&str> = registered
                 .allowed_roles
                 .iter()

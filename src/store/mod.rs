@@ -178,11 +178,21 @@ pub trait ProjectStore: Send + Sync + 'static {
     async fn create_execution(&self, execution: &Execution) -> Result<i64>;
 }
 
+/// Task counts per state, for totals that do not depend on how many rows
+/// a client has loaded. Kept apart from [`Store`] so that each backend
+/// implements it in a file of its own.
+#[async_trait]
+pub trait TaskCounts: Send + Sync + 'static {
+    /// How many tasks match `filter`, per state (its `state`, `before` and
+    /// `limit` are ignored). States with none are left out.
+    async fn count_tasks(&self, filter: &TaskFilter) -> Result<Vec<(TaskState, i64)>>;
+}
+
 /// Everything the node keeps. Implementations: [`sqlite::SqliteStore`] and
 /// [`postgres::PostgresStore`], which run the same test suite
 /// (`tests/store.rs`, with the Phase 1 part in `tests/store/projects.rs`).
 #[async_trait]
-pub trait Store: ProjectStore + Send + Sync + 'static {
+pub trait Store: ProjectStore + TaskCounts + Send + Sync + 'static {
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 

@@ -14,6 +14,7 @@
 //! Work distribution and leases live in [`cluster`].
 
 mod cluster;
+mod counts;
 mod listen;
 mod projects;
 

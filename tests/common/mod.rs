@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod host;
+pub mod tls;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -270,6 +273,14 @@ impl WsClient {
             .send(Message::text(text))
             .await
             .expect("ws send");
+    }
+
+    /// Send raw text; an error once the server has closed.
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), String> {
+        self.stream
+            .send(Message::text(text))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Send a raw message.

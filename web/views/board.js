@@ -1,5 +1,7 @@
 // The live task board: state chips with counts (they double as the state filter), agent and
-// session filters, and a windowed list. Only the rows in view exist in the DOM; an event patches
+// session filters, and a windowed list. The chips show the server's totals over every task the
+// user may see (GET /api/runtime/tasks/counts), not the rows loaded here: they move at once with
+// each live event, and are set right again from the server shortly after and every few seconds. Only the rows in view exist in the DOM; an event patches
 // its row's badge at once, and anything that can move rows (a new task, a filter) is coalesced
 // into one re-window per frame, so thousands of tasks and bursts of events stay smooth.
 
@@ -9,7 +11,10 @@ import { STATES } from '../lib/tasks.js';
 const ROW_H = 44; // px; must match .task-row height in styles.css
 const OVERSCAN = 8; // rows rendered above and below the viewport
 
-export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadMore, onNeedPrompt }) {
+const COUNTS_POLL_MS = 10000;
+const COUNTS_SETTLE_MS = 400; // after a change, ask the server again once things settle
+
+export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadMore, onNeedPrompt, fetchCounts }) {
   const filter = { state: '', agent: '', session: '', text: '' };
   let filtered = []; // ids matching the filter, in store order
   const rendered = new Map(); // id -> row element currently in the DOM
@@ -197,10 +202,44 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
   }
   let emptyText = 'Loading tasks…';
 
+  // ---- state counts: the server's totals, nudged by live events between fetches ----------------
+  let totals = null; // Map state -> count from the server; null until it answered (or if it cannot)
+  let askCounts = fetchCounts || null;
+  let settleTimer = null;
+
+  async function refreshCounts() {
+    if (!askCounts) return;
+    try {
+      const r = await askCounts();
+      totals = new Map(STATES.map((s) => [s, Number(r?.by_state?.[s] ?? 0)]));
+    } catch (err) {
+      // An older server without the endpoint: count the loaded rows, as before.
+      if (err?.missing || err?.status === 403) { askCounts = null; totals = null; }
+    }
+    renderCounts();
+  }
+
+  function settleCounts() {
+    clearTimeout(settleTimer);
+    settleTimer = setTimeout(refreshCounts, COUNTS_SETTLE_MS);
+  }
+
+  /** A live change moves one task between states: move it in the totals too, until they settle. */
+  function nudgeCounts(c) {
+    if (!totals || (c.kind !== 'new' && c.kind !== 'state')) return;
+    const now = c.task?.state;
+    const before = c.kind === 'new' ? null : c.prev;
+    if (before === now) return;
+    if (before && totals.has(before)) totals.set(before, Math.max(0, totals.get(before) - 1));
+    if (now && totals.has(now)) totals.set(now, totals.get(now) + 1);
+    settleCounts();
+  }
+
   function renderCounts() {
+    const source = totals || store.counts;
     let total = 0;
     for (const s of STATES) {
-      const n = store.counts.get(s) || 0;
+      const n = source.get(s) || 0;
       total += n;
       setText(chipCounts.get(s), n);
     }
@@ -248,6 +287,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
 
   // ---- reacting to the model -----------------------------------------------------------------
   store.onChange((c) => {
+    nudgeCounts(c);
     renderCounts();
     if (c.kind === 'bulk' || c.kind === 'new') {
       renderAgentOptions();
@@ -269,6 +309,8 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
   renderAgentOptions();
   renderSessionOptions();
   recompute();
+  refreshCounts();
+  setInterval(refreshCounts, COUNTS_POLL_MS);
 
   return {
     /** Highlight the task shown in the detail panel (null: none). */
@@ -291,5 +333,7 @@ export function createBoard({ root, store, sessions, detailRoot, onOpen, onLoadM
       if (i >= 0) focusIndex(i);
     },
     refresh: scheduleRecompute,
+    /** Ask the server for the state totals again (after a reconnect, say). */
+    refreshCounts,
   };
 }

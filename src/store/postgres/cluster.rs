@@ -40,9 +40,13 @@ impl Cluster for PostgresStore {
             .execute(&mut *tx)
             .await?;
         for a in agents {
+            // A remote host's agent may share its name with one of the
+            // node's own (every host offers `echo`): its key is its address,
+            // `agent@host`, unique per node.
+            let key = a.metadata["address"].as_str().unwrap_or(&a.agent_type);
             sqlx::query("INSERT INTO node_agents (node_id, agent_type, info) VALUES ($1, $2, $3)")
                 .bind(node_id)
-                .bind(&a.agent_type)
+                .bind(key)
                 .bind(serde_json::to_value(a).map_err(corrupt)?)
                 .execute(&mut *tx)
                 .await?;

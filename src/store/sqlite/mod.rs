@@ -12,6 +12,7 @@
 //! README's performance section). sqlx still runs the migrations, and the
 //! PostgreSQL store.
 
+mod counts;
 mod hot;
 mod projects;
 mod read;
