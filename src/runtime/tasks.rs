@@ -129,11 +129,21 @@ impl Runtime {
             change: TaskChange::Insert(Box::new(task.clone())),
             audit: vec![audit],
         };
-        match self.engine.writer().append(append).await? {
+        let receipt = self.engine.writer().queue(append).await?;
+        // On one node the driver starts now: its first transitions queue
+        // right behind the task's insert and usually share its commit. (If
+        // the insert is refused, so are they: the task does not exist.)
+        let started = self.store.cluster().is_none() && local.is_some();
+        if started {
+            self.engine.start(task.clone());
+        }
+        match receipt.wait().await? {
             Ok(_) => {
                 metrics::counter!("switchboard_tasks_submitted_total").increment(1);
                 let view = (&task).into();
-                self.start_or_hand_over(task, local.is_some()).await;
+                if !started {
+                    self.start_or_hand_over(task, local.is_some()).await;
+                }
                 Ok(view)
             }
             Err(Rejected::Duplicate) => {

@@ -98,6 +98,17 @@ impl Pipe {
     }
 }
 
+/// The promise of a queued append's outcome.
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Appended>);
+
+impl Receipt {
+    /// Wait for the outcome.
+    pub async fn wait(self) -> Appended {
+        self.0.await.map_err(|_| gone())?
+    }
+}
+
 /// Where appends go: a store's own committer, or the batching task here.
 #[derive(Clone, Debug)]
 enum Sink {
@@ -152,9 +163,16 @@ impl EventWriter {
 
     /// Append one event and wait until it is committed (or refused).
     pub async fn append(&self, append: Append) -> Appended {
+        self.queue(append).await?.wait().await
+    }
+
+    /// Queue one event; the receipt resolves once it is committed (or
+    /// refused). Events queued one after another are applied in that order,
+    /// usually in one commit.
+    pub async fn queue(&self, append: Append) -> Result<Receipt> {
         let (reply, answer) = oneshot::channel();
         self.send(append, Reply::Wait(reply)).await?;
-        answer.await.map_err(|_| gone())?
+        Ok(Receipt(answer))
     }
 
     /// Append one event without waiting for its commit; waits only while

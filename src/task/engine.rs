@@ -156,32 +156,8 @@ impl Engine {
         outcome: Outcome,
         audit: Vec<NewAudit>,
     ) -> Result<Result<StoredEvent, Rejected>> {
-        let to = from.apply(event)?;
-        let at = now();
-        let execution_time = to
-            .is_terminal()
-            .then(|| (at - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
-        self.writer
-            .append(Append {
-                session_id: task.session_id,
-                task_id: task.task_id,
-                at,
-                body: EventBody::State(StateChange {
-                    state: to,
-                    prev_state: Some(from),
-                    message: message.into(),
-                    agent_type: None,
-                }),
-                change: TaskChange::Transition(Transition {
-                    from,
-                    to,
-                    result: outcome.result,
-                    error: outcome.error,
-                    execution_time,
-                }),
-                audit,
-            })
-            .await
+        let append = transition_append(task, from, event, message, outcome, audit)?;
+        self.writer.append(append).await
     }
 
     /// Move `task` to `failed` from whatever non-terminal state it is in.
@@ -253,6 +229,9 @@ impl Engine {
                 Some(kind::TASK_STARTED),
             ),
         ];
+        // Both queued before either is awaited: they share a commit. When
+        // the first is refused (cancelled meanwhile), so is the second.
+        let mut receipts = Vec::with_capacity(steps.len());
         for (from, event, message, audit_kind) in steps {
             let audit = audit_kind
                 .map(|k| {
@@ -264,11 +243,11 @@ impl Engine {
                 })
                 .into_iter()
                 .collect();
-            if self
-                .transition(&tref, from, event, message, Outcome::default(), audit)
-                .await?
-                .is_err()
-            {
+            let append = transition_append(&tref, from, event, message, Outcome::default(), audit)?;
+            receipts.push(self.writer.queue(append).await?);
+        }
+        for receipt in receipts {
+            if receipt.wait().await?.is_err() {
                 return Ok(()); // cancelled meanwhile; the canceller recorded it
             }
         }
@@ -421,6 +400,42 @@ impl TaskIo for DriverIo {
         }
         rx.await.map_err(|_| Stopped)
     }
+}
+
+/// The append that records one state change of `task`, if it is still in
+/// `from`.
+fn transition_append(
+    task: &TaskRef,
+    from: TaskState,
+    event: TaskEvent,
+    message: impl Into<String>,
+    outcome: Outcome,
+    audit: Vec<NewAudit>,
+) -> Result<Append> {
+    let to = from.apply(event)?;
+    let at = now();
+    let execution_time = to
+        .is_terminal()
+        .then(|| (at - task.created_at).num_microseconds().unwrap_or(0) as f64 / 1e6);
+    Ok(Append {
+        session_id: task.session_id,
+        task_id: task.task_id,
+        at,
+        body: EventBody::State(StateChange {
+            state: to,
+            prev_state: Some(from),
+            message: message.into(),
+            agent_type: None,
+        }),
+        change: TaskChange::Transition(Transition {
+            from,
+            to,
+            result: outcome.result,
+            error: outcome.error,
+            execution_time,
+        }),
+        audit,
+    })
 }
 
 /// Metadata every new task carries.
