@@ -108,7 +108,30 @@ pub fn now() -> DateTime<Utc> {
 
 /// RFC 3339 UTC with microseconds, the one text form of our timestamps.
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    let buf = rfc3339_bytes(t);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// [`rfc3339`] as bytes, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, written by hand:
+/// chrono's general formatter cost several percent of the writer thread,
+/// which formats a timestamp for every event it publishes.
+pub fn rfc3339_bytes(t: &DateTime<Utc>) -> [u8; 27] {
+    use chrono::{Datelike, Timelike};
+    fn put(buf: &mut [u8], mut n: u32) {
+        for b in buf.iter_mut().rev() {
+            *b = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    put(&mut b[0..4], t.year().clamp(0, 9999) as u32);
+    put(&mut b[5..7], t.month());
+    put(&mut b[8..10], t.day());
+    put(&mut b[11..13], t.hour());
+    put(&mut b[14..16], t.minute());
+    put(&mut b[17..19], t.second());
+    put(&mut b[20..26], t.timestamp_subsec_micros().min(999_999));
+    b
 }
 
 #[cfg(test)]
@@ -125,6 +148,23 @@ mod tests {
         assert_eq!("audit".parse::<StreamKey>().unwrap(), StreamKey::Audit);
         assert!("session:nope".parse::<StreamKey>().is_err());
         assert!("tasks".parse::<StreamKey>().is_err());
+    }
+
+    /// The hand-written formatter agrees with chrono's.
+    #[test]
+    fn timestamps_format_like_chrono() {
+        for micros in [
+            0i64,
+            1_700_000_000_123_456,
+            951_782_400_000_001,
+            253_402_300_799_999_999,
+        ] {
+            let t = DateTime::from_timestamp_micros(micros).unwrap();
+            assert_eq!(
+                rfc3339(&t),
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            );
+        }
     }
 
     /// Bodies serialize as `type` + `data`.

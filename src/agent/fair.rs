@@ -140,6 +140,19 @@ impl FairQueue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A slot now, if one is free and nobody waits.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let mut s = self.lock();
+        if s.running < self.max() && s.waiting.is_empty() {
+            s.running += 1;
+            return Some(Permit {
+                queue: self.clone(),
+                armed: true,
+            });
+        }
+        None
+    }
+
     /// Wait for a slot on behalf of `user`. Cancel-safe: dropping the future
     /// gives up the place in the queue (or the slot, if it was just handed
     /// over).

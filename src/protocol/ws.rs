@@ -267,13 +267,21 @@ pub fn event_frame(
     task_id: Uuid,
     at: &chrono::DateTime<chrono::Utc>,
 ) -> Frame {
-    use std::io::Write;
     Frame::text_with(|buf| {
-        let _ = write!(
-            buf,
-            r#"{{"op":"event","stream":"session:{session_id}","seq":{seq},"type":"{kind}","data":{data},"task_id":"{task_id}","at":"{}"}}"#,
-            at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
-        );
+        let mut ids = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        buf.extend_from_slice(br#"{"op":"event","stream":"session:"#);
+        buf.extend_from_slice(session_id.hyphenated().encode_lower(&mut ids).as_bytes());
+        buf.extend_from_slice(br#"","seq":"#);
+        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        buf.extend_from_slice(br#","type":""#);
+        buf.extend_from_slice(kind.as_bytes());
+        buf.extend_from_slice(br#"","data":"#);
+        buf.extend_from_slice(data.as_bytes());
+        buf.extend_from_slice(br#","task_id":""#);
+        buf.extend_from_slice(task_id.hyphenated().encode_lower(&mut ids).as_bytes());
+        buf.extend_from_slice(br#"","at":""#);
+        buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
+        buf.extend_from_slice(br#""}"#);
     })
 }
 

@@ -129,14 +129,17 @@ impl Runtime {
             change: TaskChange::Insert(Box::new(task.clone())),
             audit: vec![audit],
         };
-        let receipt = self.engine.writer().queue(append).await?;
-        // On one node the driver starts now: its first transitions queue
-        // right behind the task's insert and usually share its commit. (If
-        // the insert is refused, so are they: the task does not exist.)
+        // On one node the driver starts now: its first transitions go with
+        // the task's insert and share its commit. (If the insert is
+        // refused, so are they: the task does not exist.)
         let started = self.store.cluster().is_none() && local.is_some();
-        if started {
-            self.engine.start(task.clone());
-        }
+        let receipt = if started {
+            let (receipt, begun) = self.engine.submit(&task, append).await?;
+            self.engine.start_begun(task.clone(), begun);
+            receipt
+        } else {
+            self.engine.writer().queue(append).await?
+        };
         match receipt.wait().await? {
             Ok(_) => {
                 metrics::counter!("switchboard_tasks_submitted_total").increment(1);

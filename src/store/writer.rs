@@ -166,6 +166,30 @@ impl EventWriter {
         self.queue(append).await?.wait().await
     }
 
+    /// Queue several events at once: on SQLite they are sure to share a
+    /// commit. One receipt each, in order.
+    pub async fn queue_all(&self, appends: Vec<Append>) -> Result<Vec<Receipt>> {
+        let mut receipts = Vec::with_capacity(appends.len());
+        let mut jobs = Vec::with_capacity(appends.len());
+        for append in appends {
+            let (reply, answer) = oneshot::channel();
+            receipts.push(Receipt(answer));
+            jobs.push((append, Reply::Wait(reply)));
+        }
+        match &self.sink {
+            Sink::Sqlite(tx) => tx
+                .send(super::sqlite::Job::Appends(jobs))
+                .await
+                .map_err(|_| gone())?,
+            Sink::Batched(tx) => {
+                for job in jobs {
+                    tx.send(job).await.map_err(|_| gone())?;
+                }
+            }
+        }
+        Ok(receipts)
+    }
+
     /// Queue one event; the receipt resolves once it is committed (or
     /// refused). Events queued one after another are applied in that order,
     /// usually in one commit.

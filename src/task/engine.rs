@@ -22,7 +22,7 @@ use crate::agent::{AgentError, AgentRegistry, Answer, Context, Job, Stopped, Tas
 use crate::audit::{NewAudit, kind};
 use crate::error::{Error, Result};
 use crate::event::{EventBody, OutputChunk, StateChange, StoredEvent, now};
-use crate::store::writer::Pipe;
+use crate::store::writer::{Pipe, Receipt};
 use crate::store::{Append, EventWriter, Rejected, TaskChange, Transition};
 use crate::task::{Task, TaskEvent, TaskState};
 
@@ -106,6 +106,43 @@ impl Engine {
 
     /// Start driving a stored `pending` task.
     pub fn start(self: &Arc<Self>, task: Task) {
+        self.start_begun(task, None);
+    }
+
+    /// Submit `insert` (a new task's first append) and, when the task's
+    /// agent has a free slot now, take it and queue the task's `planning`
+    /// and `running` transitions with it, in one commit. Returns the
+    /// insert's receipt, and the started task for [`Engine::start_begun`]
+    /// (`None` when it has to wait for a slot: its driver will).
+    pub async fn submit(&self, task: &Task, insert: Append) -> Result<(Receipt, Option<Begun>)> {
+        let slot = self
+            .agents
+            .get(&task.agent_type)
+            .and_then(|r| r.slots.try_acquire());
+        let Some(slot) = slot else {
+            return Ok((self.writer.queue(insert).await?, None));
+        };
+        let mut appends = vec![insert];
+        appends.extend(start_appends(&task.into(), &task.agent_type)?);
+        let mut receipts = self.writer.queue_all(appends).await?.into_iter();
+        let insert = receipts.next().ok_or(Error::Internal)?;
+        let begun = Begun {
+            slot,
+            receipts: receipts.collect(),
+        };
+        Ok((insert, Some(begun)))
+    }
+
+    /// Queue `planning` and `running`; when the first is refused
+    /// (cancelled meanwhile), so is the second.
+    async fn queue_start(&self, tref: &TaskRef, agent_type: &str) -> Result<Vec<Receipt>> {
+        self.writer
+            .queue_all(start_appends(tref, agent_type)?)
+            .await
+    }
+
+    /// Start driving a stored `pending` task, perhaps already [`Engine::begin`]-ed.
+    pub fn start_begun(self: &Arc<Self>, task: Task, begun: Option<Begun>) {
         let live = Arc::new(Live {
             cancel: self.shutdown.child_token(),
             answer: Mutex::new(None),
@@ -118,7 +155,8 @@ impl Engine {
         self.tracker.spawn(async move {
             let id = task.task_id;
             let span = tracing::info_span!("task", task_id = %id, agent = %task.agent_type);
-            let _ = tracing::Instrument::instrument(engine.clone().drive(task, live), span).await;
+            let _ = tracing::Instrument::instrument(engine.clone().drive(task, live, begun), span)
+                .await;
             engine.live.remove(&id);
         });
     }
@@ -203,7 +241,12 @@ impl Engine {
         Err(Error::Conflict("the task kept changing state".into()))
     }
 
-    async fn drive(self: Arc<Self>, task: Task, live: Arc<Live>) -> Result<()> {
+    async fn drive(
+        self: Arc<Self>,
+        task: Task,
+        live: Arc<Live>,
+        begun: Option<Begun>,
+    ) -> Result<()> {
         let tref = TaskRef::from(&task);
         let Some(registered) = self.agents.get(&task.agent_type) else {
             self.fail(
@@ -214,39 +257,21 @@ impl Engine {
             .await?;
             return Ok(());
         };
-        // Queue in `pending` until the agent has a free slot; the queue
-        // serves users round-robin (see `agent::fair`).
-        let _slot = tokio::select! {
-            slot = registered.slots.acquire(&task.user_id) => slot,
-            _ = live.cancel.cancelled() => return self.after_stop(&tref, TaskState::Pending).await,
+        let begun = match begun {
+            Some(b) => b,
+            None => {
+                // Queue in `pending` until the agent has a free slot; the
+                // queue serves users round-robin (see `agent::fair`).
+                let slot = tokio::select! {
+                    slot = registered.slots.acquire(&task.user_id) => slot,
+                    _ = live.cancel.cancelled() => return self.after_stop(&tref, TaskState::Pending).await,
+                };
+                let receipts = self.queue_start(&tref, &task.agent_type).await?;
+                Begun { slot, receipts }
+            }
         };
-        let steps = [
-            (TaskState::Pending, TaskEvent::Plan, "planning", None),
-            (
-                TaskState::Planning,
-                TaskEvent::Run,
-                "running",
-                Some(kind::TASK_STARTED),
-            ),
-        ];
-        // Both queued before either is awaited: they share a commit. When
-        // the first is refused (cancelled meanwhile), so is the second.
-        let mut receipts = Vec::with_capacity(steps.len());
-        for (from, event, message, audit_kind) in steps {
-            let audit = audit_kind
-                .map(|k| {
-                    NewAudit::by(None, k, "start")
-                        .for_user(&tref.user_id)
-                        .resource("task", tref.task_id)
-                        .session(tref.session_id)
-                        .detail("agent_type", &task.agent_type)
-                })
-                .into_iter()
-                .collect();
-            let append = transition_append(&tref, from, event, message, Outcome::default(), audit)?;
-            receipts.push(self.writer.queue(append).await?);
-        }
-        for receipt in receipts {
+        let _slot = begun.slot;
+        for receipt in begun.receipts {
             if receipt.wait().await?.is_err() {
                 return Ok(()); // cancelled meanwhile; the canceller recorded it
             }
@@ -350,6 +375,12 @@ impl Outcome {
     }
 }
 
+/// A task whose agent slot is taken and whose first transitions are queued.
+pub struct Begun {
+    slot: crate::agent::fair::Permit,
+    receipts: Vec<Receipt>,
+}
+
 /// The engine's [`TaskIo`] for one running task.
 struct DriverIo {
     engine: Arc<Engine>,
@@ -400,6 +431,41 @@ impl TaskIo for DriverIo {
         }
         rx.await.map_err(|_| Stopped)
     }
+}
+
+/// The appends of `planning` and `running`.
+fn start_appends(tref: &TaskRef, agent_type: &str) -> Result<Vec<Append>> {
+    let steps = [
+        (TaskState::Pending, TaskEvent::Plan, "planning", None),
+        (
+            TaskState::Planning,
+            TaskEvent::Run,
+            "running",
+            Some(kind::TASK_STARTED),
+        ),
+    ];
+    let mut appends = Vec::with_capacity(steps.len());
+    for (from, event, message, audit_kind) in steps {
+        let audit = audit_kind
+            .map(|k| {
+                NewAudit::by(None, k, "start")
+                    .for_user(&tref.user_id)
+                    .resource("task", tref.task_id)
+                    .session(tref.session_id)
+                    .detail("agent_type", agent_type)
+            })
+            .into_iter()
+            .collect();
+        appends.push(transition_append(
+            tref,
+            from,
+            event,
+            message,
+            Outcome::default(),
+            audit,
+        )?);
+    }
+    Ok(appends)
 }
 
 /// The append that records one state change of `task`, if it is still in

@@ -89,7 +89,9 @@ impl Writer {
                 self.audit(records.clone())?;
                 Ok(Applied::Done(Ok(())))
             }
-            Job::Write(_) | Job::Flush(_) | Job::Close(_) => Err(Error::internal("not a hot job")),
+            Job::Write(_) | Job::Flush(_) | Job::Close(_) | Job::Appends(_) => {
+                Err(Error::internal("not a hot job"))
+            }
         }
     }
 
@@ -308,6 +310,11 @@ fn fail(job: Job, e: Error) {
         Job::Append(_, reply) => reply.send(Err(e)),
         Job::Session(_, _, tx) | Job::Audit(_, tx) => {
             let _ = tx.send(Err(e));
+        }
+        Job::Appends(all) => {
+            for (_, reply) in all {
+                reply.send(Err(e.same()));
+            }
         }
         Job::Write(f) => {
             // Not reached (cold jobs run apart), but answer rather than hang.

@@ -37,6 +37,8 @@ const SESSION_CACHE: usize = 8192;
 pub enum Job {
     /// An event (with its task change and audit records).
     Append(Append, Reply),
+    /// Events that must share a commit (a task's insert and first steps).
+    Appends(Vec<(Append, Reply)>),
     /// A new session with its audit records.
     Session(Box<Session>, Vec<NewAudit>, oneshot::Sender<Result<()>>),
     /// Audit records on their own.
@@ -54,6 +56,16 @@ pub enum Job {
 /// told the commit's outcome.
 pub type WriteFn =
     Box<dyn FnOnce(&mut Writer) -> (bool, Box<dyn FnOnce(Result<()>) + Send>) + Send>;
+
+/// Move whatever is queued into `jobs`, up to [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+}
 
 /// What the writer knows of a session.
 #[derive(Debug, Clone)]
@@ -109,11 +121,14 @@ impl Writer {
         let mut hot = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = rx.blocking_recv() {
             jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+            drain(&mut rx, &mut jobs);
+            if jobs.len() < 16 {
+                // The sender that woke us is often about to send the next
+                // step of the same task (a chunk, then the completion):
+                // give it a moment to join this commit rather than pay for
+                // one of its own.
+                std::thread::yield_now();
+                drain(&mut rx, &mut jobs);
             }
             for job in jobs.drain(..) {
                 match job {
@@ -130,6 +145,9 @@ impl Writer {
                         drop(self);
                         let _ = done.send(());
                         return;
+                    }
+                    Job::Appends(all) => {
+                        hot.extend(all.into_iter().map(|(a, r)| Job::Append(a, r)));
                     }
                     hot_job => hot.push(hot_job),
                 }
