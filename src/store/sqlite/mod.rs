@@ -201,15 +201,6 @@ fn open_writer(path: &str) -> Result<Connection> {
          PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_CACHE_KIB};"
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
-    if std::env::var_os("SB_EXPERIMENT_NOIDX").is_some() {
-        conn.execute_batch("DROP INDEX IF EXISTS events_by_stream")?;
-    }
-    if let Some(n) = std::env::var_os("SB_EXPERIMENT_CKPT") {
-        conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint = {}",
-            n.to_string_lossy()
-        ))?;
-    }
     Ok(conn)
 }
 
