@@ -47,4 +47,7 @@ pub async fn refresh(runtime: &Runtime) {
     }
     metrics::gauge!("switchboard_tasks_running_here").set(runtime.engine().live_count() as f64);
     metrics::gauge!("switchboard_connections").set(runtime.presence().count() as f64);
+    // Streams with a live subscriber on this node: goes back to zero when
+    // the sockets are gone (nothing per session outlives its last socket).
+    metrics::gauge!("switchboard_bus_streams").set(runtime.bus().stream_count() as f64);
 }

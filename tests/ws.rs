@@ -572,3 +572,53 @@ async fn stalled_subscribers_do_not_starve_the_store() {
     drop(stalled);
     server.stop().await;
 }
+
+/// The value of a gauge on `/metrics` (0 when absent).
+async fn gauge(server: &TestServer, name: &str) -> f64 {
+    let text = http()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Nothing per session outlives its last socket: after 50 connections
+/// (each with a task and a second subscription) close, no connection is
+/// registered and no stream is left on the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_sockets_leave_nothing_behind() {
+    let server = TestServer::spawn().await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let (mut ws, hello) = server.ws(&server.admin, json!({})).await;
+        let t = ws
+            .ok(json!({"op": "task.submit", "agent_type": "echo", "prompt": "bye"}))
+            .await;
+        ws.until_terminal(t["task_id"].as_str().unwrap()).await;
+        ws.ok(json!({"op": "subscribe", "stream": "audit"})).await;
+        clients.push((ws, hello));
+    }
+    assert_eq!(gauge(&server, "switchboard_connections").await, 50.0);
+    // Every session's stream and the audit stream.
+    assert_eq!(gauge(&server, "switchboard_bus_streams").await, 51.0);
+    drop(clients);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gauge(&server, "switchboard_connections").await > 0.0
+        || gauge(&server, "switchboard_bus_streams").await > 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections or streams left behind after every socket closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
