@@ -25,8 +25,8 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Largest `limit` of a listing.
     pub max_page: i64,
-    /// Events each live stream keeps in memory for slow subscribers before
-    /// they catch up from the store instead.
+    /// Live events one connection may have queued (besides what is being
+    /// written) before it catches up from the store instead.
     pub stream_ring: usize,
     /// With PostgreSQL: how long a node's claim on a running task holds
     /// without renewal. A node that dies loses its tasks (failed) within
