@@ -72,8 +72,10 @@ async fn create_users(args: &Args) -> anyhow::Result<Vec<String>> {
 /// One session: hello, one task, wait for `completed`, close.
 async fn session(ws_url: String, token: String) -> anyhow::Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await?;
-    ws.send(Message::text(json!({"op": "hello", "id": 0, "token": token}).to_string()))
-        .await?;
+    ws.send(Message::text(
+        json!({"op": "hello", "id": 0, "token": token}).to_string(),
+    ))
+    .await?;
     ws.send(Message::text(
         json!({"op": "task.submit", "id": 1, "agent_type": "echo", "prompt": "x".repeat(64)})
             .to_string(),

@@ -160,7 +160,7 @@ pub async fn serve(
             .presence()
             .close_all(presence::CloseReason::Shutdown);
     });
-    http::serve::run(listener, app, state.shutdown.clone()).await;
+    http::serve::run(listener, app, state.clone(), state.shutdown.clone()).await;
 
     // The listener is closed; sockets were told to close (1001).
     state.connections.close();

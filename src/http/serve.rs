@@ -19,12 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::app::AppState;
+
 /// How long a client has to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve `app` on `listener` until `stop` fires, then let every HTTP
-/// connection finish its request in flight and return.
-pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
+/// connection finish its request in flight and return. `GET /ws` goes
+/// straight to [`crate::ws::upgrade_request`].
+pub async fn run(listener: TcpListener, app: Router, state: AppState, stop: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -42,7 +45,13 @@ pub async fn run(listener: TcpListener, app: Router, stop: CancellationToken) {
             }
         };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(serve_connection(stream, peer, app.clone(), stop.clone()));
+        tracker.spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            state.clone(),
+            stop.clone(),
+        ));
     }
     tracker.close();
     tracker.wait().await;
@@ -53,13 +62,19 @@ async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Router,
+    state: AppState,
     stop: CancellationToken,
 ) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let fast = (req.uri().path() == "/ws").then(|| state.clone());
         req.extensions_mut().insert(ConnectInfo(peer));
         let app = app.clone();
         async move {
-            let res = app.oneshot(req.map(axum::body::Body::new)).await;
+            let req = req.map(axum::body::Body::new);
+            if let Some(state) = fast {
+                return Ok(crate::ws::upgrade_request(&state, peer, req));
+            }
+            let res = app.oneshot(req).await;
             Ok::<_, Infallible>(res.unwrap_or_else(|e| match e {}))
         }
     });

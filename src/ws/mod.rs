@@ -98,8 +98,21 @@ fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, Error> {
 pub async fn upgrade(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request,
+    req: Request,
 ) -> Response {
+    upgrade_request(&state, peer, req)
+}
+
+/// Answer a WebSocket upgrade request and, once hyper hands the socket
+/// over, serve the connection. (The accept loop calls this directly for
+/// `GET /ws`, without the router's layers: a dashboard wall reconnecting
+/// opens thousands at once.)
+pub fn upgrade_request(state: &AppState, peer: SocketAddr, mut req: Request) -> Response {
+    if req.method() != axum::http::Method::GET {
+        let mut res = Error::BadRequest("open a WebSocket with GET /ws".into()).into_response();
+        *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return res;
+    }
     let headers = req.headers();
     if !origin_allowed(headers, &state.runtime.security().allowed_origins) {
         metrics::counter!("switchboard_ws_origin_refused_total").increment(1);
@@ -120,6 +133,7 @@ pub async fn upgrade(
         return Error::BadRequest("this connection cannot be upgraded".into()).into_response();
     };
     let tracker = state.connections.clone();
+    let state = state.clone();
     let outer = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
