@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod alloc;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -257,12 +257,23 @@ fn tune_allocator() {
     eprintln!("switchboard: could not tune the allocator ({err}); going on with its defaults");
 }
 
+/// mimalloc's collection of the calling thread's heap (see `alloc.rs`).
+fn collect_heap() {
+    // SAFETY: takes no pointers; it only walks the calling thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve(_)) {
         tune_allocator();
     }
-    match tokio::runtime::Runtime::new() {
+    switchboard::alloc::install(collect_heap);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(switchboard::alloc::collect_when_idle)
+        .build();
+    match runtime {
         Ok(rt) => rt.block_on(run(cli)),
         Err(e) => {
             eprintln!("switchboard: cannot start: {e}");

@@ -61,6 +61,9 @@ impl Follower {
     /// position when `key` is already followed.
     pub fn add(&mut self, key: StreamKey, after: i64) {
         self.remove(key);
+        // Most consumers follow one stream: room for exactly one, not the
+        // four a first push would make.
+        self.subs.reserve_exact(1);
         self.subs.push(Sub {
             key,
             last: after.max(0),

@@ -168,7 +168,10 @@ impl Conn {
     /// argument would be stored twice in the future, once as the argument
     /// and once as the local it is moved into.)
     fn serve(self) -> impl std::future::Future<Output = ()> + Send {
-        let span = tracing::info_span!(
+        // Debug level: at the default level a span per socket would cost
+        // each idle session about 300 bytes of formatted fields. The few
+        // log lines of a connection name its session themselves.
+        let span = tracing::debug_span!(
             "ws",
             conn = self.s.id,
             user = %self.s.principal.user_id,
@@ -308,7 +311,8 @@ impl Conn {
         let io = &mut self.io;
         match self.s.follower.poll_fill(cx, &mut |d| io.queue(&d.frame)) {
             Poll::Ready(Err(e)) => {
-                tracing::warn!(error = %e, "stream catch-up failed; asking the client to resume");
+                tracing::warn!(session = %self.s.session_id, error = %e,
+                    "stream catch-up failed; asking the client to resume");
                 self.s
                     .exit
                     .get_or_insert(Exit::Close(close::TOO_SLOW, "resume with after_seq"));
@@ -329,7 +333,8 @@ impl Conn {
                 .exit
                 .get_or_insert(Exit::Close(close::UNAUTHORIZED, "token expired"));
         } else if now.duration_since(self.io.last_seen) > 2 * self.s.period {
-            tracing::info!("peer silent for two heartbeats; dropping it");
+            tracing::info!(session = %self.s.session_id, user = %self.s.principal.user_id,
+                "peer silent for two heartbeats; dropping it");
             self.s
                 .exit
                 .get_or_insert(Exit::Close(close::GOING_AWAY, "heartbeat timeout"));
@@ -525,10 +530,11 @@ impl Session {
             self.inbox.clone(),
         );
         let session_id = self.session_id;
-        let span = tracing::info_span!("op", op = op.name(), id = ?id);
+        let name = op.name();
+        let span = tracing::debug_span!("op", op = name, id = ?id, session = %session_id);
         self.state.connections.spawn(
             async move {
-                let frame = answer(&id, dispatch(&rt, &p, session_id, op)).await;
+                let frame = answer(&id, name, dispatch(&rt, &p, session_id, op)).await;
                 inbox.push(Item::Reply(frame));
             }
             .instrument(span),
@@ -541,13 +547,14 @@ impl Session {
 /// the node go on).
 async fn answer(
     id: &FrameId,
+    op: &str,
     handler: impl std::future::Future<Output = Result<serde_json::Value>>,
 ) -> Frame {
     match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(Ok(v)) => reply_ok(id, &v),
         Ok(Err(e)) => reply_err(id, &e),
         Err(_) => {
-            tracing::error!("op handler panicked");
+            tracing::error!(op, id = ?id, "op handler panicked");
             reply_err(id, &Error::Internal)
         }
     }
@@ -562,13 +569,13 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_gets_an_internal_error_reply() {
         let id = Some(serde_json::json!("req-7"));
-        let frame = answer(&id, async { panic!("secret detail") }).await;
+        let frame = answer(&id, "test", async { panic!("secret detail") }).await;
         let v: serde_json::Value = serde_json::from_str(frame.payload_str()).unwrap();
         assert_eq!(v["id"], "req-7");
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"]["code"], "internal");
         assert!(!frame.payload_str().contains("secret detail"));
-        let ok = answer(&id, async { Ok(serde_json::json!({"x": 1})) }).await;
+        let ok = answer(&id, "test", async { Ok(serde_json::json!({"x": 1})) }).await;
         assert!(ok.payload_str().contains(r#""ok":true"#));
     }
 }

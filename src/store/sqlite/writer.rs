@@ -119,7 +119,13 @@ impl Writer {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut hot = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            if rx.is_empty() {
+                crate::alloc::collect_when_idle();
+            }
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
             jobs.push(first);
             drain(&mut rx, &mut jobs);
             if jobs.len() < 16 {
