@@ -59,6 +59,26 @@ async fn events_arrive_in_order_with_gapless_seq() {
 /// Disconnect mid-task, reconnect with session_id + after_seq: the stored
 /// events after that seq come first, then live ones, with no gap and no
 /// duplicate.
+/// A submit is acknowledged by the committer right behind the task's first
+/// events: a client holding the reply has the `pending` event already.
+#[tokio::test]
+async fn a_submit_reply_comes_after_its_pending_event() {
+    let server = TestServer::spawn().await;
+    let (mut ws, _) = server.ws(&server.admin, json!({})).await;
+    for i in 0..20 {
+        let reply = ws
+            .call(json!({"op": "task.submit", "agent_type": "echo", "prompt": format!("task {i}")}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        let id = &reply["result"]["task_id"];
+        let pending = ws
+            .buffered()
+            .iter()
+            .any(|e| e["task_id"] == *id && e["data"]["state"] == "pending");
+        assert!(pending, "the reply for {id} came before its pending event");
+    }
+}
+
 #[tokio::test]
 async fn resume_after_disconnect_is_gapless() {
     let server = TestServer::spawn().await;

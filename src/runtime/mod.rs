@@ -38,7 +38,7 @@ use crate::store::{EventWriter, Store};
 use crate::task::engine::Engine;
 use crate::task::{Task, TaskEvent, TaskState};
 
-pub use tasks::TaskQuery;
+pub use tasks::{AckTo, TaskQuery};
 
 /// The operations layer. Cheap to share behind an `Arc`.
 pub struct Runtime {

@@ -22,6 +22,25 @@ fn role_allows(r: &crate::agent::Registered, p: &Principal) -> bool {
         .is_none_or(|allowed| p.roles.iter().any(|role| allowed.contains(role)))
 }
 
+/// Where a submit over a WebSocket is acknowledged: the committer pushes
+/// the reply into the connection's inbox as it stores the task, so that it
+/// leaves with the task's first events ([`crate::store::writer::Ack`]).
+pub struct AckTo {
+    /// The connection's inbox.
+    pub inbox: std::sync::Arc<crate::bus::Inbox>,
+    /// The request's id.
+    pub id: crate::protocol::ws::FrameId,
+}
+
+impl AckTo {
+    fn ack(self, view: &TaskView) -> crate::store::writer::Ack {
+        crate::store::writer::Ack {
+            inbox: self.inbox,
+            frame: crate::protocol::ws::reply_ok(&self.id, view),
+        }
+    }
+}
+
 /// Longest idempotency key accepted.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -39,6 +58,21 @@ impl Runtime {
     /// Submit a task. With an `idempotency_key` the caller already used, the
     /// first task is returned instead of a new one.
     pub async fn submit(&self, p: &Principal, req: SubmitRequest) -> Result<TaskView> {
+        self.submit_acked(p, req, None)
+            .await?
+            .ok_or(Error::Internal)
+    }
+
+    /// [`Runtime::submit`], acknowledged through `ack_to` when given: the
+    /// committer pushes the reply as it stores the task, and this returns
+    /// `None`. (A repeated idempotency key is answered here, with the first
+    /// task.)
+    pub async fn submit_acked(
+        &self,
+        p: &Principal,
+        req: SubmitRequest,
+        ack_to: Option<AckTo>,
+    ) -> Result<Option<TaskView>> {
         self.authorize(p, Action::TaskSubmit).await?;
         if req.prompt.len() > self.limits.max_prompt_bytes {
             return Err(Error::PayloadTooLarge(format!(
@@ -54,7 +88,7 @@ impl Runtime {
                 )));
             }
             if let Some(first) = self.store.task_by_idempotency_key(&p.user_id, key).await? {
-                return Ok((&first).into());
+                return Ok(Some((&first).into()));
             }
         }
         let (agent_type, skill) = self.choose_agent(p, &req).await?;
@@ -133,26 +167,28 @@ impl Runtime {
         // the task's insert and share its commit. (If the insert is
         // refused, so are they: the task does not exist.)
         let started = self.store.cluster().is_none() && local.is_some();
+        let view: TaskView = (&task).into();
+        let acked = ack_to.is_some();
+        let ack = ack_to.map(|to| to.ack(&view));
         let receipt = if started {
-            let (receipt, begun) = self.engine.submit(&task, append).await?;
+            let (receipt, begun) = self.engine.submit(&task, append, ack).await?;
             self.engine.start_begun(task.clone(), begun);
             receipt
         } else {
-            self.engine.writer().queue(append).await?
+            self.engine.writer().queue_acked(append, ack).await?
         };
         match receipt.wait().await? {
             Ok(_) => {
                 metrics::counter!("switchboard_tasks_submitted_total").increment(1);
-                let view = (&task).into();
                 if !started {
                     self.start_or_hand_over(task, local.is_some()).await;
                 }
-                Ok(view)
+                Ok((!acked).then_some(view))
             }
             Err(Rejected::Duplicate) => {
                 let key = req.idempotency_key.unwrap_or_default();
                 let first = self.store.task_by_idempotency_key(&p.user_id, &key).await?;
-                first.map(|t| (&t).into()).ok_or(Error::Internal)
+                first.map(|t| Some((&t).into())).ok_or(Error::Internal)
             }
             Err(Rejected::NoSession) => {
                 Err(Error::not_found(format!("active session {session_id}")))

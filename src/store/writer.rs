@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Stopped;
+use crate::bus::{Inbox, Item};
 use crate::error::{Error, Result};
 use crate::event::StoredEvent;
 use crate::store::{Append, Rejected, Store};
@@ -36,11 +37,26 @@ pub const PIPE_DEPTH: usize = 256;
 /// The outcome of one append.
 pub type Appended = Result<Result<StoredEvent, Rejected>>;
 
+/// A reply frame for a consumer, pushed to its inbox by the committer as
+/// soon as the append is stored: a submit's acknowledgement leaves with the
+/// task's first events (one wake-up and one write for both) instead of
+/// after a round through the submitting task.
+#[derive(Debug)]
+pub struct Ack {
+    /// The consumer (a WebSocket connection).
+    pub inbox: Arc<Inbox>,
+    /// The reply it gets when the append is stored.
+    pub frame: crate::ws::frame::Frame,
+}
+
 /// How the committer answers one append.
 #[derive(Debug)]
 pub enum Reply {
     /// Someone awaits the stored event.
     Wait(oneshot::Sender<Appended>),
+    /// Someone awaits the stored event, and a consumer gets its reply when
+    /// it is stored (not when it is refused: the waiter answers then).
+    Acked(oneshot::Sender<Appended>, Ack),
     /// A pipelined chunk: give its slot back, and stop the pipe when the
     /// chunk was refused or could not be stored.
     Pipe(Arc<Pipe>),
@@ -53,6 +69,12 @@ impl Reply {
             Reply::Wait(tx) => {
                 let _ = tx.send(outcome);
             }
+            Reply::Acked(tx, ack) => {
+                if matches!(outcome, Ok(Ok(_))) {
+                    ack.inbox.push(Item::Reply(ack.frame));
+                }
+                let _ = tx.send(outcome);
+            }
             Reply::Pipe(pipe) => {
                 if !matches!(outcome, Ok(Ok(_))) {
                     pipe.stopped.store(true, Ordering::Release);
@@ -62,9 +84,21 @@ impl Reply {
         }
     }
 
+    /// The append is stored and published: push the consumer's reply now,
+    /// right behind its events, rather than when everyone is answered.
+    pub fn push_ack(self) -> Reply {
+        match self {
+            Reply::Acked(tx, ack) => {
+                ack.inbox.push(Item::Reply(ack.frame));
+                Reply::Wait(tx)
+            }
+            other => other,
+        }
+    }
+
     /// Whether anyone needs the stored event itself.
     pub fn wants_event(&self) -> bool {
-        matches!(self, Reply::Wait(_))
+        !matches!(self, Reply::Pipe(_))
     }
 }
 
@@ -122,6 +156,16 @@ pub struct EventWriter {
     sink: Sink,
 }
 
+/// The reply for one awaited append, and its receipt.
+fn waiter(ack: Option<Ack>) -> (Reply, Receipt) {
+    let (tx, rx) = oneshot::channel();
+    let reply = match ack {
+        Some(ack) => Reply::Acked(tx, ack),
+        None => Reply::Wait(tx),
+    };
+    (reply, Receipt(rx))
+}
+
 fn gone() -> Error {
     Error::Unavailable("the node is shutting down".into())
 }
@@ -169,12 +213,22 @@ impl EventWriter {
     /// Queue several events at once: on SQLite they are sure to share a
     /// commit. One receipt each, in order.
     pub async fn queue_all(&self, appends: Vec<Append>) -> Result<Vec<Receipt>> {
+        self.queue_all_acked(appends, None).await
+    }
+
+    /// [`EventWriter::queue_all`], with `ack` pushed when the first append
+    /// is stored.
+    pub async fn queue_all_acked(
+        &self,
+        appends: Vec<Append>,
+        mut ack: Option<Ack>,
+    ) -> Result<Vec<Receipt>> {
         let mut receipts = Vec::with_capacity(appends.len());
         let mut jobs = Vec::with_capacity(appends.len());
         for append in appends {
-            let (reply, answer) = oneshot::channel();
-            receipts.push(Receipt(answer));
-            jobs.push((append, Reply::Wait(reply)));
+            let (reply, receipt) = waiter(ack.take());
+            receipts.push(receipt);
+            jobs.push((append, reply));
         }
         match &self.sink {
             Sink::Sqlite(tx) => tx
@@ -194,9 +248,14 @@ impl EventWriter {
     /// refused). Events queued one after another are applied in that order,
     /// usually in one commit.
     pub async fn queue(&self, append: Append) -> Result<Receipt> {
-        let (reply, answer) = oneshot::channel();
-        self.send(append, Reply::Wait(reply)).await?;
-        Ok(Receipt(answer))
+        self.queue_acked(append, None).await
+    }
+
+    /// [`EventWriter::queue`], with `ack` pushed when the append is stored.
+    pub async fn queue_acked(&self, append: Append, ack: Option<Ack>) -> Result<Receipt> {
+        let (reply, receipt) = waiter(ack);
+        self.send(append, reply).await?;
+        Ok(receipt)
     }
 
     /// Append one event without waiting for its commit; waits only while

@@ -22,7 +22,7 @@ use crate::agent::{AgentError, AgentRegistry, Answer, Context, Job, Stopped, Tas
 use crate::audit::{NewAudit, kind};
 use crate::error::{Error, Result};
 use crate::event::{EventBody, OutputChunk, StateChange, StoredEvent, now};
-use crate::store::writer::{Pipe, Receipt};
+use crate::store::writer::{Ack, Pipe, Receipt};
 use crate::store::{Append, EventWriter, Rejected, TaskChange, Transition};
 use crate::task::{Task, TaskEvent, TaskState};
 
@@ -113,18 +113,25 @@ impl Engine {
     /// agent has a free slot now, take it and queue the task's `planning`
     /// and `running` transitions with it, in one commit. Returns the
     /// insert's receipt, and the started task for [`Engine::start_begun`]
-    /// (`None` when it has to wait for a slot: its driver will).
-    pub async fn submit(&self, task: &Task, insert: Append) -> Result<(Receipt, Option<Begun>)> {
+    /// (`None` when it has to wait for a slot: its driver will). `ack` is
+    /// pushed when the insert is stored.
+    pub async fn submit(
+        &self,
+        task: &Task,
+        insert: Append,
+        ack: Option<Ack>,
+    ) -> Result<(Receipt, Option<Begun>)> {
         let slot = self
             .agents
             .get(&task.agent_type)
             .and_then(|r| r.slots.try_acquire());
         let Some(slot) = slot else {
-            return Ok((self.writer.queue(insert).await?, None));
+            return Ok((self.writer.queue_acked(insert, ack).await?, None));
         };
         let mut appends = vec![insert];
         appends.extend(start_appends(&task.into(), &task.agent_type)?);
-        let mut receipts = self.writer.queue_all(appends).await?.into_iter();
+        let receipts = self.writer.queue_all_acked(appends, ack).await?;
+        let mut receipts = receipts.into_iter();
         let insert = receipts.next().ok_or(Error::Internal)?;
         let begun = Begun {
             slot,

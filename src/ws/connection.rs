@@ -31,6 +31,7 @@ use crate::bus::{Follower, Inbox, Item};
 use crate::error::{Error, Result};
 use crate::event::{StreamKey, now};
 use crate::protocol::ws::{ClientOp, FrameId, SubscribeReply, parse_frame, reply_err, reply_ok};
+use crate::runtime::AckTo;
 use crate::ws::close;
 use crate::ws::dispatch::dispatch;
 use crate::ws::frame::{Frame, Incoming, OpCode};
@@ -534,8 +535,14 @@ impl Session {
         let span = tracing::debug_span!("op", op = name, id = ?id, session = %session_id);
         self.state.connections.spawn(
             async move {
-                let frame = answer(&id, name, dispatch(&rt, &p, session_id, op)).await;
-                inbox.push(Item::Reply(frame));
+                let ack = AckTo {
+                    inbox: inbox.clone(),
+                    id: id.clone(),
+                };
+                let handler = dispatch(&rt, &p, session_id, op, ack);
+                if let Some(frame) = answer(&id, name, handler).await {
+                    inbox.push(Item::Reply(frame));
+                }
             }
             .instrument(span),
         );
@@ -544,18 +551,18 @@ impl Session {
 
 /// The one reply to a request: its result, its error, or `internal` when
 /// the handler panicked (the panic stays in this task; the connection and
-/// the node go on).
+/// the node go on). `None` when the handler replied itself.
 async fn answer(
     id: &FrameId,
     op: &str,
-    handler: impl std::future::Future<Output = Result<serde_json::Value>>,
-) -> Frame {
+    handler: impl std::future::Future<Output = Result<Option<serde_json::Value>>>,
+) -> Option<Frame> {
     match AssertUnwindSafe(handler).catch_unwind().await {
-        Ok(Ok(v)) => reply_ok(id, &v),
-        Ok(Err(e)) => reply_err(id, &e),
+        Ok(Ok(v)) => v.map(|v| reply_ok(id, &v)),
+        Ok(Err(e)) => Some(reply_err(id, &e)),
         Err(_) => {
             tracing::error!(op, id = ?id, "op handler panicked");
-            reply_err(id, &Error::Internal)
+            Some(reply_err(id, &Error::Internal))
         }
     }
 }
@@ -569,13 +576,16 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_gets_an_internal_error_reply() {
         let id = Some(serde_json::json!("req-7"));
-        let frame = answer(&id, "test", async { panic!("secret detail") }).await;
+        let frame = answer(&id, "test", async { panic!("secret detail") })
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(frame.payload_str()).unwrap();
         assert_eq!(v["id"], "req-7");
         assert_eq!(v["ok"], false);
         assert_eq!(v["error"]["code"], "internal");
         assert!(!frame.payload_str().contains("secret detail"));
-        let ok = answer(&id, "test", async { Ok(serde_json::json!({"x": 1})) }).await;
-        assert!(ok.payload_str().contains(r#""ok":true"#));
+        let ok = answer(&id, "test", async { Ok(Some(serde_json::json!({"x": 1}))) }).await;
+        assert!(ok.unwrap().payload_str().contains(r#""ok":true"#));
+        assert!(answer(&id, "test", async { Ok(None) }).await.is_none());
     }
 }

@@ -9,25 +9,38 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::error::{Error, Result};
 use crate::protocol::ws::ClientOp;
-use crate::runtime::{Runtime, TaskQuery};
+use crate::runtime::{AckTo, Runtime, TaskQuery};
 
 fn to_value<T: Serialize>(v: T) -> Result<Value> {
     serde_json::to_value(v).map_err(Error::internal)
 }
 
-/// Run one op for `p`, whose connection is attached to `session_id`.
+/// Run one op for `p`, whose connection is attached to `session_id`:
+/// its result, or `None` when the reply went through `ack` (a submit's,
+/// pushed by the committer with the task's first events).
 pub async fn dispatch(
     rt: &Runtime,
     p: &Principal,
     session_id: Uuid,
     op: ClientOp,
-) -> Result<Value> {
+    ack: AckTo,
+) -> Result<Option<Value>> {
     match op {
         ClientOp::TaskSubmit(mut req) => {
             // Over a socket, tasks go to the connection's session by default.
             req.session_id.get_or_insert(session_id);
-            to_value(rt.submit(p, req).await?)
+            rt.submit_acked(p, req, Some(ack))
+                .await?
+                .map(to_value)
+                .transpose()
         }
+        other => answer(rt, p, other).await.map(Some),
+    }
+}
+
+/// The result of any other op.
+async fn answer(rt: &Runtime, p: &Principal, op: ClientOp) -> Result<Value> {
+    match op {
         ClientOp::TaskCancel { task_id } => {
             let r = rt.cancel(p, task_id).await?;
             Ok(json!({"task_id": r.task_id, "state": r.state, "success": r.success}))
@@ -59,8 +72,11 @@ pub async fn dispatch(
         ClientOp::DeviceApprove { device_id } => to_value(rt.approve_device(p, &device_id).await?),
         ClientOp::DeviceRevoke { device_id } => to_value(rt.revoke_device(p, &device_id).await?),
         ClientOp::PresenceList {} => to_value(rt.presence_list(p).await?),
-        ClientOp::Hello(_) | ClientOp::Subscribe { .. } | ClientOp::Unsubscribe { .. } => Err(
-            Error::BadRequest("this op is handled by the connection".into()),
-        ),
+        ClientOp::Hello(_)
+        | ClientOp::Subscribe { .. }
+        | ClientOp::Unsubscribe { .. }
+        | ClientOp::TaskSubmit(_) => Err(Error::BadRequest(
+            "this op is handled by the connection".into(),
+        )),
     }
 }

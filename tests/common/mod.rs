@@ -334,6 +334,11 @@ impl WsClient {
         reply["result"].clone()
     }
 
+    /// Events read while waiting for replies, not yet taken.
+    pub fn buffered(&self) -> &VecDeque<Value> {
+        &self.events
+    }
+
     /// The next event (buffered first).
     pub async fn event(&mut self) -> Value {
         if let Some(e) = self.events.pop_front() {

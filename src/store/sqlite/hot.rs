@@ -284,7 +284,7 @@ impl Writer {
                         at: a.at,
                         body: a.body,
                     };
-                    replies.push((reply, Ok(Ok(event))));
+                    replies.push((reply.push_ack(), Ok(Ok(event))));
                 }
                 (Job::Append(_, reply), Applied::Refused(r)) => replies.push((reply, Ok(Err(r)))),
                 (Job::Session(_, _, tx) | Job::Audit(_, tx), Applied::Done(r)) => {
