@@ -56,7 +56,8 @@ pub enum Reply {
     Wait(oneshot::Sender<Appended>),
     /// Someone awaits the stored event, and a consumer gets its reply when
     /// it is stored (not when it is refused: the waiter answers then).
-    Acked(oneshot::Sender<Appended>, Ack),
+    /// (Boxed: every queued event carries a `Reply`.)
+    Acked(oneshot::Sender<Appended>, Box<Ack>),
     /// A pipelined chunk: give its slot back, and stop the pipe when the
     /// chunk was refused or could not be stored.
     Pipe(Arc<Pipe>),
@@ -160,7 +161,7 @@ pub struct EventWriter {
 fn waiter(ack: Option<Ack>) -> (Reply, Receipt) {
     let (tx, rx) = oneshot::channel();
     let reply = match ack {
-        Some(ack) => Reply::Acked(tx, ack),
+        Some(ack) => Reply::Acked(tx, Box::new(ack)),
         None => Reply::Wait(tx),
     };
     (reply, Receipt(rx))
