@@ -112,9 +112,15 @@ async fn main() -> anyhow::Result<()> {
         }
         let mut failed = 0;
         while let Some(done) = all.join_next().await {
-            if !matches!(done, Ok(Ok(()))) {
-                failed += 1;
+            let error = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            if failed == 0 {
+                eprintln!("round {round}: a session failed: {error}");
             }
+            failed += 1;
         }
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
         let rss = rss_kib(args.server_pid)? as f64 / 1024.0;

@@ -95,7 +95,20 @@ impl Io {
             return Poll::Ready(self.decoder.feed(&mut first, on).map_err(ReadEnd::Decode));
         }
         let mut progressed = false;
+        // Once `on` has said stop, read no more: what the read brought
+        // past that message waits in the decoder (`decode_buffered`), and a
+        // further read would hand `on` messages it refused (a `task.submit`
+        // sent right behind `hello` would replace it).
+        let stopped = std::cell::Cell::new(false);
+        let on = &mut |m: Incoming<'_>| {
+            let go = on(m);
+            stopped.set(!go);
+            go
+        };
         for _ in 0..READS_PER_POLL {
+            if stopped.get() {
+                break;
+            }
             match self.stream.poll_read_ready(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(ReadEnd::Gone)),
@@ -228,4 +241,62 @@ enum ReadError {
     WouldBlock,
     Gone,
     Decode(DecodeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::Incoming;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client frame: masked (with a zero mask, so the payload is as is).
+    fn client_text(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x81, 0x80 | 127];
+        f.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        f.extend_from_slice(&[0; 4]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A consumer that says stop after one message gets that message, not
+    /// the next one a further read of the same poll would bring (the bug
+    /// that let a `task.submit` sent right behind `hello` take its place).
+    #[tokio::test]
+    async fn a_read_stops_where_the_consumer_said_stop() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // The first message fills the scratch buffer exactly, so that the
+        // second one can only come with a second read.
+        let first = client_text(&vec![b'a'; SCRATCH - 14]);
+        assert_eq!(first.len(), SCRATCH);
+        client.write_all(&first).await.unwrap();
+        client.write_all(&client_text(b"second")).await.unwrap();
+        client.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+        let mut io = Io::new(server, Bytes::new(), 1 << 20);
+        let mut got = Vec::new();
+        io.read(&mut |m| {
+            if let Incoming::Text(t) = m {
+                got.push(t.len());
+            }
+            false
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![SCRATCH - 14]);
+        // The second message waits for the next read.
+        io.read(&mut |m| {
+            if let Incoming::Text(t) = m {
+                got.push(t.len());
+            }
+            true
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, vec![SCRATCH - 14, 6]);
+    }
 }
