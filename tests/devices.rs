@@ -158,6 +158,49 @@ async fn keyed_devices_prove_themselves() {
     server.stop().await;
 }
 
+/// Register `device` of the token's user with `key`'s public half.
+async fn register_keyed(server: &TestServer, token: &str, device: &str, key: &SigningKey) {
+    let public = hex::encode(key.verifying_key().as_bytes());
+    let (status, body) = server
+        .post(
+            "/api/devices",
+            token,
+            json!({"device_id": device, "public_key": public}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+/// `hello` from a keyed device, with a fresh signed nonce.
+async fn keyed_hello(
+    server: &TestServer,
+    token: &str,
+    user: &str,
+    device: &str,
+    key: &SigningKey,
+) -> (WsClient, Value) {
+    let nonce = challenge(server, token).await;
+    let signature = sign(key, &nonce, user, device);
+    hello(
+        server,
+        json!({"token": token, "device_id": device, "device_nonce": nonce, "device_signature": signature}),
+    )
+    .await
+}
+
+/// Under `require`, the first admin trusts their own (keyed) device first;
+/// returns the id of a session opened from it.
+async fn bootstrap_admin_device(server: &TestServer) -> String {
+    let key = SigningKey::from_bytes(&[1; 32]);
+    register_keyed(server, &server.admin, "admin-desk", &key).await;
+    let (status, body) = server
+        .post("/api/devices/admin-desk/approve", &server.admin, json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, reply) = keyed_hello(server, &server.admin, "admin", "admin-desk", &key).await;
+    reply["result"]["session_id"].as_str().unwrap().to_owned()
+}
+
 /// Under `require`, a stolen token alone cannot act: sessions from an
 /// untrusted device get viewer permissions (WebSocket and REST) until an
 /// admin:users holder on a trusted device approves it.
@@ -165,29 +208,10 @@ async fn keyed_devices_prove_themselves() {
 async fn require_policy_caps_untrusted_devices() {
     let server = TestServer::spawn_with(policy(TrustPolicy::Require)).await;
     let dev = server.user("dev@team.com", &["developer"]).await;
-    // Bootstrap: the admin trusts their own device first.
-    let (status, _) = server
-        .post(
-            "/api/devices",
-            &server.admin,
-            json!({"device_id": "admin-desk"}),
-        )
-        .await;
-    assert_eq!(status, 201);
-    let (status, _) = server
-        .post("/api/devices/admin-desk/approve", &server.admin, json!({}))
-        .await;
-    assert_eq!(status, 200);
-    let (_, admin_hello) = hello(
-        &server,
-        json!({"token": server.admin, "device_id": "admin-desk"}),
-    )
-    .await;
-    let admin_session = admin_hello["result"]["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (mut ws, reply) = hello(&server, json!({"token": dev, "device_id": "new-laptop"})).await;
+    let admin_session = bootstrap_admin_device(&server).await;
+    let laptop = SigningKey::from_bytes(&[3; 32]);
+    register_keyed(&server, &dev, "new-laptop", &laptop).await;
+    let (mut ws, reply) = keyed_hello(&server, &dev, "dev@team.com", "new-laptop", &laptop).await;
     let perms = reply["result"]["permissions"].as_array().unwrap().clone();
     assert!(!perms.contains(&json!("task:submit")), "{perms:?}");
     assert!(perms.contains(&json!("task:view")));
@@ -240,7 +264,7 @@ async fn require_policy_caps_untrusted_devices() {
         .await
         .unwrap();
     assert_eq!(approved.status(), 200);
-    let (mut ws, reply) = hello(&server, json!({"token": dev, "device_id": "new-laptop"})).await;
+    let (mut ws, reply) = keyed_hello(&server, &dev, "dev@team.com", "new-laptop", &laptop).await;
     assert!(
         reply["result"]["permissions"]
             .as_array()
@@ -260,6 +284,43 @@ async fn require_policy_caps_untrusted_devices() {
     )
     .await;
     assert_eq!(audit[0]["user_id"], "dev@team.com", "{audit}");
+    server.stop().await;
+}
+
+/// The stolen-token attack on `require`: a device id without a key is a
+/// label anyone holding the token can type, so it cannot be approved into
+/// trust, and naming it in `hello` with the admin's token gives no more
+/// than the viewer permissions the token alone gets.
+#[tokio::test]
+async fn a_keyless_device_cannot_unlock_a_stolen_token() {
+    let server = TestServer::spawn_with(policy(TrustPolicy::Require)).await;
+    let admin_session = bootstrap_admin_device(&server).await;
+    let (status, _) = server
+        .post("/api/devices", &server.admin, json!({"device_id": "label"}))
+        .await;
+    assert_eq!(status, 201);
+    let approved = server
+        .req(
+            reqwest::Method::POST,
+            "/api/devices/label/approve",
+            Some(&server.admin),
+        )
+        .header("x-switchboard-session", &admin_session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 409);
+    let body: Value = approved.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no public key"), "{message}");
+    let (_, reply) = hello(
+        &server,
+        json!({"token": server.admin, "device_id": "label"}),
+    )
+    .await;
+    let perms = reply["result"]["permissions"].as_array().unwrap();
+    assert!(!perms.contains(&json!("admin:users")), "{perms:?}");
+    assert!(!perms.contains(&json!("task:submit")), "{perms:?}");
     server.stop().await;
 }
 

@@ -171,6 +171,16 @@ impl Runtime {
                 "the request of device {id} expired; the device must register again"
             )));
         }
+        if self.security.device_trust == TrustPolicy::Require && d.public_key.is_none() {
+            // A device id without a key is a label anyone holding the
+            // owner's token can type: trusting it would let a stolen token
+            // past the device check.
+            return Err(Error::Conflict(format!(
+                "device {id} has no public key, and under device_trust = \"require\" trust \
+                 must be proved: register the device with its Ed25519 public key \
+                 (`switchboard login` does) and approve that one"
+            )));
+        }
         let d = Device {
             state: DeviceState::Trusted,
             decided_by: Some(p.user_id.clone()),
@@ -251,9 +261,11 @@ impl Runtime {
                         && s.state == crate::session::SessionState::Active =>
                 {
                     match &s.device_id {
-                        Some(d) => self.store.get_device(d).await?.is_some_and(|d| {
-                            d.state == DeviceState::Trusted && d.user_id == p.user_id
-                        }),
+                        Some(d) => self
+                            .store
+                            .get_device(d)
+                            .await?
+                            .is_some_and(|d| proves_trust(&d) && d.user_id == p.user_id),
                         None => false,
                     }
                 }
@@ -334,9 +346,12 @@ impl Runtime {
                 }
             }
         }
-        let trusted = device
-            .as_ref()
-            .is_some_and(|d| d.state == DeviceState::Trusted);
+        // Under `require`, only a device that proved its key is trusted
+        // (one approved without a key, before approval needed one, is not).
+        let trusted = device.as_ref().is_some_and(|d| {
+            d.state == DeviceState::Trusted
+                && (policy != TrustPolicy::Require || d.public_key.is_some())
+        });
         if trusted || policy == TrustPolicy::Off {
             return Ok(p);
         }
@@ -358,4 +373,10 @@ impl Runtime {
         }
         Ok(p)
     }
+}
+
+/// Whether a device's sessions carry full trust under `require`: it is
+/// trusted and has a key, which every `hello` from it had to prove.
+fn proves_trust(d: &Device) -> bool {
+    d.state == DeviceState::Trusted && d.public_key.is_some()
 }
