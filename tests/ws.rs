@@ -497,6 +497,32 @@ async fn revoked_tokens_close_open_sockets() {
     server.stop().await;
 }
 
+/// A session that has ended cannot be attached again: the hello fails with
+/// `conflict` saying so (and closes 4401); a new session is one hello away.
+#[tokio::test]
+async fn an_ended_session_cannot_be_reattached() {
+    let server = TestServer::spawn().await;
+    let dev = server.user("dev@team.com", &["developer"]).await;
+    let (ws, hello) = server.ws(&dev, json!({})).await;
+    drop(ws);
+    let session = hello["session_id"].as_str().unwrap().to_owned();
+    let (status, _) = server
+        .delete(&format!("/api/runtime/sessions/{session}"), &dev)
+        .await;
+    assert_eq!(status, 200);
+    let mut ws = WsClient::connect(&server.ws_url).await;
+    let reply = ws
+        .call(json!({"op": "hello", "token": dev, "session_id": session}))
+        .await;
+    assert_eq!(reply["error"]["code"], "conflict", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has ended"), "{message}");
+    assert_eq!(ws.closed().await, Closed::Code(4401));
+    let (_, fresh) = server.ws(&dev, json!({})).await;
+    assert_ne!(fresh["session_id"], session.as_str());
+    server.stop().await;
+}
+
 /// A role change reaches an open connection: the next op is checked
 /// against the new permissions.
 #[tokio::test]

@@ -251,8 +251,8 @@ impl Ws {
 
     /// Connect in the user's reusable session on this node: the one the
     /// config file remembers for (node, `user_id`), else a new one, which is
-    /// then remembered. A remembered session the node no longer knows (or
-    /// that is not this user's) is replaced by a new one.
+    /// then remembered. A remembered session the node no longer knows, that
+    /// has ended, or that is not this user's is replaced by a new one.
     pub async fn connect_reusing(target: &Target, user_id: &str) -> Result<Self, CliError> {
         if let Some(sid) = config::remembered_session(&target.url, user_id) {
             match Ws::connect(target, Some(sid), None).await {
@@ -261,8 +261,9 @@ impl Ws {
                     return Ok(ws);
                 }
                 // The node closes the socket after a failed hello; a new
-                // connection opens a new session below.
-                Err(e) if e.code() == "not_found" => {}
+                // connection opens a new session below (`conflict`: the
+                // session has ended).
+                Err(e) if matches!(e.code(), "not_found" | "conflict") => {}
                 Err(e) => return Err(e),
             }
         }

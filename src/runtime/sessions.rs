@@ -91,6 +91,14 @@ impl Runtime {
             // subscribe to others' streams.
             return Err(Error::not_found(format!("session {id}")));
         }
+        if s.state != crate::session::SessionState::Active {
+            // Its tasks were cancelled and it takes no new ones: attaching
+            // would open a stream nothing will ever be written to.
+            return Err(Error::Conflict(format!(
+                "session {id} has ended; say hello without a session_id to open a new one \
+                 (its events stay readable with GET /api/runtime/sessions/{id}/events)"
+            )));
+        }
         Ok(s)
     }
 
