@@ -380,6 +380,48 @@ async fn retries_429_after_retry_after() {
     server.stop().await;
 }
 
+/// `Retry-After` given as an HTTP date is honoured like one in seconds.
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    let mut limited = Reply::status(429, "{\"error\":{\"message\":\"slow down\"}}");
+    let at = std::time::SystemTime::now() + Duration::from_secs(2);
+    limited
+        .headers
+        .push(("retry-after", httpdate::fmt_http_date(at)));
+    let parts = sse(&[&openai_delta("ok"), "[DONE]"]);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let fake = Fake::start(vec![limited, Reply::ok("text/event-stream", &parts)]).await;
+    let server = TestServer::spawn_with(config(&http_agent("a", "openai", &fake.base, ""))).await;
+    let started = Instant::now();
+    let id = submit(&server, "a", "p", json!({})).await;
+    let done = server.wait_terminal(&server.admin, &id).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    // The date has whole seconds: it is at least one second away.
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "the Retry-After date was not honoured"
+    );
+    assert_eq!(fake.requests().len(), 2);
+    server.stop().await;
+}
+
+/// A connection dropped after the response headers but before the first
+/// token is retried like any other transient failure.
+#[tokio::test]
+async fn a_drop_before_the_first_token_is_retried() {
+    let dropped = Reply::ok("text/event-stream", &[]);
+    let parts = sse(&[&openai_delta("second try"), "[DONE]"]);
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let fake = Fake::start(vec![dropped, Reply::ok("text/event-stream", &parts)]).await;
+    let server = TestServer::spawn_with(config(&http_agent("a", "openai", &fake.base, ""))).await;
+    let id = submit(&server, "a", "p", json!({})).await;
+    let done = server.wait_terminal(&server.admin, &id).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["result"], "second try");
+    assert_eq!(fake.requests().len(), 2);
+    server.stop().await;
+}
+
 /// A 500 is retried with backoff, then the retry succeeds.
 #[tokio::test]
 async fn retries_5xx_then_succeeds() {

@@ -271,81 +271,146 @@ impl<W: Wire> Agent for HttpAgent<W> {
         let name = self.info.agent_type.clone();
         let params: HttpParams = serde_json::from_value(job.params.clone())
             .map_err(|e| AgentError::Failed(format!("bad params: {e}")))?;
-        let resp = self.connect(&job, &params, &ctx).await?;
-        let mut body = resp.bytes_stream();
-        let mut framer = Framer::new(self.wire.framing());
         let mut out = Output::new(&ctx);
-        let mut done = false;
-        while !done {
-            tokio::select! {
-                piece = body.next() => match piece {
-                    Some(Ok(bytes)) => {
-                        let messages = framer.push(&bytes).map_err(|e| AgentError::Failed(format!("{name}: {e}")))?;
-                        for (event, data) in messages {
-                            match self.wire.parse(event.as_deref(), &data) {
-                                Step::Text(t) => out.push(&t).await?,
-                                Step::Done => { done = true; break }
-                                Step::Final(t) => { out.push(&t).await?; done = true; break }
-                                Step::Error(e) => {
-                                    let _ = out.flush().await;
-                                    return Err(AgentError::Failed(format!("{name}: the server reported an error mid-stream: {e}")));
-                                }
-                                Step::Skip => {}
-                            }
-                        }
+        // A connection dropped after the response headers but before the
+        // first token is as transient as one refused: the request is sent
+        // again (the tries of `connect` aside). Once text has streamed, a
+        // drop fails the task: a retry would repeat what was sent.
+        let mut drops = 1;
+        loop {
+            let resp = self.connect(&job, &params, &ctx).await?;
+            match self.read(resp, &mut out, &ctx).await {
+                Ok(()) => return Ok(out.finish().await?),
+                Err(Read::Dropped(why)) if out.text().is_empty() && drops < MAX_TRIES => {
+                    let wait = self.settings.retry_base * 2u32.pow(drops - 1);
+                    drops += 1;
+                    tracing::info!(?wait, reason = %why, "dropped before the first token; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = ctx.cancelled() => return Err(AgentError::Stopped),
                     }
-                    Some(Err(e)) => {
-                        let _ = out.flush().await;
-                        return Err(AgentError::Failed(format!("{name}: the connection failed mid-stream: {}", root_cause(&e))));
-                    }
-                    None => break,
-                },
-                _ = out.due() => out.flush().await?,
-                _ = ctx.cancelled() => return Err(AgentError::Stopped),
-            }
-        }
-        if !done {
-            // A last message without a trailing newline still counts.
-            for (event, data) in framer.finish() {
-                match self.wire.parse(event.as_deref(), &data) {
-                    Step::Text(t) => out.push(&t).await?,
-                    Step::Done => done = true,
-                    Step::Final(t) => {
-                        out.push(&t).await?;
-                        done = true;
-                    }
-                    Step::Error(e) => {
-                        let _ = out.flush().await;
-                        return Err(AgentError::Failed(format!(
-                            "{name}: the server reported an error mid-stream: {e}"
-                        )));
-                    }
-                    Step::Skip => {}
+                }
+                Err(Read::Dropped(why)) => {
+                    let _ = out.flush().await;
+                    return Err(AgentError::Failed(format!("{name}: {why}")));
+                }
+                Err(Read::Failed(e)) => {
+                    let _ = out.flush().await;
+                    return Err(e);
                 }
             }
         }
-        if !done {
-            let _ = out.flush().await;
-            return Err(AgentError::Failed(format!(
-                "{name}: the stream ended before the response was complete"
-            )));
-        }
-        Ok(out.finish().await?)
     }
 }
 
-/// The `Retry-After` of a response, in seconds (HTTP dates are not used
-/// by the APIs we speak to and are ignored).
+/// How reading a response stream ended early.
+enum Read {
+    /// The connection failed, or the stream ended before its end marker.
+    Dropped(String),
+    /// The server reported an error, or the task stopped.
+    Failed(AgentError),
+}
+
+impl From<crate::agent::Stopped> for Read {
+    fn from(s: crate::agent::Stopped) -> Self {
+        Read::Failed(s.into())
+    }
+}
+
+impl<W: Wire> HttpAgent<W> {
+    /// Stream `resp` into `out` until the end marker.
+    async fn read(
+        &self,
+        resp: reqwest::Response,
+        out: &mut Output<'_>,
+        ctx: &Context,
+    ) -> Result<(), Read> {
+        let name = &self.info.agent_type;
+        let mut body = resp.bytes_stream();
+        let mut framer = Framer::new(self.wire.framing());
+        loop {
+            let messages = tokio::select! {
+                piece = body.next() => match piece {
+                    Some(Ok(bytes)) => framer
+                        .push(&bytes)
+                        .map_err(|e| Read::Failed(AgentError::Failed(format!("{name}: {e}"))))?,
+                    Some(Err(e)) => {
+                        return Err(Read::Dropped(format!(
+                            "the connection failed mid-stream: {}",
+                            root_cause(&e)
+                        )));
+                    }
+                    // A last message without a trailing newline still counts.
+                    None => {
+                        if self.apply(framer.finish(), out).await? {
+                            return Ok(());
+                        }
+                        return Err(Read::Dropped(
+                            "the stream ended before the response was complete".into(),
+                        ));
+                    }
+                },
+                _ = out.due() => {
+                    out.flush().await?;
+                    continue;
+                }
+                _ = ctx.cancelled() => return Err(Read::Failed(AgentError::Stopped)),
+            };
+            if self.apply(messages, out).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Apply stream messages to `out`; true at the end marker.
+    async fn apply(
+        &self,
+        messages: Vec<(Option<String>, String)>,
+        out: &mut Output<'_>,
+    ) -> Result<bool, Read> {
+        for (event, data) in messages {
+            match self.wire.parse(event.as_deref(), &data) {
+                Step::Text(t) => out.push(&t).await?,
+                Step::Done => return Ok(true),
+                Step::Final(t) => {
+                    out.push(&t).await?;
+                    return Ok(true);
+                }
+                Step::Error(e) => {
+                    return Err(Read::Failed(AgentError::Failed(format!(
+                        "{}: the server reported an error mid-stream: {e}",
+                        self.info.agent_type
+                    ))));
+                }
+                Step::Skip => {}
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The `Retry-After` of a response: seconds, or an HTTP date (as long as
+/// it is from now; a date past is no wait). At most [`MAX_RETRY_AFTER`].
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let secs: f64 = resp
+    let value = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
-        .ok()?
-        .trim()
-        .parse()
         .ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs).min(MAX_RETRY_AFTER))
+    parse_retry_after(value, std::time::SystemTime::now())
+}
+
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return None,
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default(),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// A short reason from an error response body: the API's `error.message`
@@ -517,6 +582,20 @@ mod tests {
     }
 
     /// Error documents of each API give their message.
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("3600", now), Some(MAX_RETRY_AFTER));
+    }
+
     #[test]
     fn error_messages() {
         let openai = json!({"error": {"message": "Rate limit", "type": "x"}});
