@@ -694,6 +694,92 @@ async fn missing_program_is_unavailable() {
     server.stop().await;
 }
 
+/// The agents list entry of `name`.
+async fn agent_entry(server: &TestServer, name: &str) -> Value {
+    let (_, agents) = server.get("/api/runtime/agents", &server.admin).await;
+    agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent_type"] == name)
+        .unwrap()
+        .clone()
+}
+
+/// A program removed after the node started makes its agent unavailable,
+/// with the reason, at once; back in place, the agent is available again.
+#[tokio::test]
+async fn a_removed_program_becomes_unavailable_without_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("my-agent");
+    std::fs::write(&program, "#!/bin/sh\necho \"$1\"\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = program.to_str().unwrap();
+    let server =
+        TestServer::spawn_with(config(&command_agent("mine", &[path, "{prompt}"], ""))).await;
+    assert_eq!(agent_entry(&server, "mine").await["available"], true);
+    let id = submit(&server, "mine", "hi", json!({})).await;
+    assert_eq!(
+        server.wait_terminal(&server.admin, &id).await["state"],
+        "completed"
+    );
+
+    std::fs::rename(&program, dir.path().join("elsewhere")).unwrap();
+    let entry = agent_entry(&server, "mine").await;
+    assert_eq!(entry["available"], false, "{entry}");
+    assert!(
+        entry["metadata"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is gone"),
+        "{entry}"
+    );
+    let (status, body) = server
+        .post(
+            "/api/runtime/tasks/submit",
+            &server.admin,
+            json!({"agent_type": "mine", "prompt": "p"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is gone"),
+        "{body}"
+    );
+
+    std::fs::rename(dir.path().join("elsewhere"), &program).unwrap();
+    assert_eq!(agent_entry(&server, "mine").await["available"], true);
+    server.stop().await;
+}
+
+/// An upstream that starts refusing the key (a key revoked) makes its agent
+/// unavailable with the reason, without a restart.
+#[tokio::test]
+async fn a_refused_key_makes_the_agent_unavailable() {
+    let fake = Fake::start(vec![Reply::status(
+        401,
+        "{\"error\":{\"message\":\"invalid api key\"}}",
+    )])
+    .await;
+    let server = TestServer::spawn_with(config(&http_agent("a", "openai", &fake.base, ""))).await;
+    assert_eq!(agent_entry(&server, "a").await["available"], true);
+    let id = submit(&server, "a", "p", json!({})).await;
+    let done = server.wait_terminal(&server.admin, &id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let entry = agent_entry(&server, "a").await;
+    assert_eq!(entry["available"], false, "{entry}");
+    let reason = entry["metadata"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("401") && reason.contains("invalid api key"),
+        "{reason}"
+    );
+    server.stop().await;
+}
+
 const TREE: &str = "echo $$ >> \"$PIDFILE\"\nsleep 1000 &\necho $! >> \"$PIDFILE\"\n(sleep 1000; echo never) &\necho $! >> \"$PIDFILE\"\necho started\nwait";
 
 /// Cancelling a command kills its whole process tree.

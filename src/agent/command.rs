@@ -134,7 +134,17 @@ struct Params {
 #[async_trait]
 impl Agent for CommandAgent {
     fn info(&self) -> AgentInfo {
-        self.info.clone()
+        let mut info = self.info.clone();
+        // Removed (or made not executable) since the node started: say so
+        // now, not when a task fails to spawn it.
+        if !executable(&self.program) {
+            info.available = false;
+            info.metadata["reason"] = json!(format!(
+                "program `{}` is gone (removed or no longer executable since the node started)",
+                self.program.display()
+            ));
+        }
+        info
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {
@@ -329,13 +339,15 @@ pub async fn stop_group(pgid: Pid, grace: Duration) {
 }
 
 /// Find `program` the way a shell would, on the node's PATH.
+/// Whether `p` is an executable file.
+fn executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
 fn find_program(program: &str) -> Result<PathBuf, String> {
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
     if program.contains('/') {
         let p = PathBuf::from(program);
         return if executable(&p) {

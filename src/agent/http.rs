@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::agent::coalesce::Output;
+use crate::agent::health::Health;
 use crate::agent::{Agent, AgentError, AgentInfo, Context, Job};
 use crate::config::{AgentConfig, Secret};
 
@@ -160,6 +161,7 @@ pub struct HttpAgent<W: Wire> {
     wire: W,
     settings: HttpSettings,
     client: reqwest::Client,
+    health: Health,
 }
 
 impl<W: Wire> HttpAgent<W> {
@@ -193,6 +195,7 @@ impl<W: Wire> HttpAgent<W> {
             wire,
             settings,
             client,
+            health: Health::default(),
         }
     }
 
@@ -215,7 +218,10 @@ impl<W: Wire> HttpAgent<W> {
             };
             let mut wait = self.settings.retry_base * 2u32.pow(attempt - 1);
             match sent {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status().is_success() => {
+                    self.health.up();
+                    return Ok(resp);
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     if let Some(after) = retry_after(&resp) {
@@ -223,6 +229,12 @@ impl<W: Wire> HttpAgent<W> {
                     }
                     let why = error_text(resp).await;
                     last = format!("the server answered {status}: {why}");
+                    if matches!(status.as_u16(), 401 | 403) {
+                        self.health.down(format!(
+                            "{} refused the credentials ({status}): {why}",
+                            self.settings.base_url
+                        ));
+                    }
                     if !(status.as_u16() == 429 || status.is_server_error()) {
                         return Err(AgentError::Failed(format!("{name}: {last}")));
                     }
@@ -258,7 +270,7 @@ impl<W: Wire> HttpAgent<W> {
 #[async_trait]
 impl<W: Wire> Agent for HttpAgent<W> {
     fn info(&self) -> AgentInfo {
-        self.info.clone()
+        self.health.apply(self.info.clone())
     }
 
     fn validate(&self, params: &Value) -> Result<(), String> {

@@ -13,6 +13,7 @@ mod defaults;
 pub mod echo;
 pub mod fair;
 pub mod gate;
+pub mod health;
 pub mod http;
 pub mod ollama;
 pub mod openai;
