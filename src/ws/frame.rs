@@ -69,6 +69,11 @@ impl Frame {
         })
     }
 
+    /// A binary frame holding `data`.
+    pub fn binary(data: &[u8]) -> Frame {
+        Frame::build(OpCode::Binary, data.len(), |b| b.extend_from_slice(data))
+    }
+
     /// A control frame (ping, pong); `payload` is cut to 125 bytes.
     pub fn control(op: OpCode, payload: &[u8]) -> Frame {
         let payload = &payload[..payload.len().min(MAX_CONTROL)];

@@ -8,6 +8,7 @@
 
 mod connection;
 mod dispatch;
+pub mod echo;
 pub mod frame;
 mod hello;
 mod io;
@@ -150,11 +151,16 @@ pub fn upgrade_request(state: &AppState, peer: SocketAddr, mut req: Request) -> 
         }
     };
     tracker.spawn(outer);
+    switching_protocols(&accept)
+}
+
+/// The `101` answering an upgrade whose key gave `accept`.
+fn switching_protocols(accept: &str) -> Response {
     let mut res = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     res
