@@ -157,12 +157,16 @@ pub fn append_to_file(path: &Path, cp: &Checkpoint) -> std::io::Result<()> {
 pub fn read_file(path: &Path) -> anyhow::Result<Vec<Checkpoint>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read checkpoint file {}: {e}", path.display()))?;
+    parse_checkpoints(&text, &path.display().to_string())
+}
+
+/// Parse the lines of a checkpoint file (`origin` names it in errors).
+pub fn parse_checkpoints(text: &str, origin: &str) -> anyhow::Result<Vec<Checkpoint>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1))
+            serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{origin} line {}: {e}", i + 1))
         })
         .collect()
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::bus::Cursor;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::StreamKey;
 use crate::http::extract::{Json, OptionalJson, Path, Query};
 use crate::protocol::{CreateSessionRequest, EventList, EventsQuery, SessionView};
@@ -144,12 +144,7 @@ pub async fn events(
         return Ok(Json(EventList { events }).into_response());
     }
     let last_event_id = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .ok_or_else(|| Error::BadRequest("Last-Event-ID must be a seq number".into()))?,
-        ),
+        Some(v) => Some(crate::protocol::parse_last_event_id(v.as_bytes())?),
         None => None,
     };
     let after = last_event_id.or(q.after_seq).unwrap_or(0);

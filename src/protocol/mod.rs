@@ -370,6 +370,14 @@ pub struct Health {
     pub status: String,
 }
 
+/// The seq in an SSE `Last-Event-ID` header (what the node sent as `id:`).
+pub fn parse_last_event_id(raw: &[u8]) -> crate::error::Result<i64> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .ok_or_else(|| crate::error::Error::BadRequest("Last-Event-ID must be a seq number".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::prompt_preview;
