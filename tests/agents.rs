@@ -358,11 +358,11 @@ async fn a_truncated_stream_fails() {
     server.stop().await;
 }
 
-/// 429 with Retry-After is waited out, then the retry succeeds.
-#[tokio::test]
-async fn retries_429_after_retry_after() {
+/// A 429 with `Retry-After: <value>` is waited out (at least about a
+/// second with the values below), then the retry succeeds.
+async fn waits_out_retry_after(value: String) {
     let mut limited = Reply::status(429, "{\"error\":{\"message\":\"slow down\"}}");
-    limited.headers.push(("retry-after", "1".into()));
+    limited.headers.push(("retry-after", value.clone()));
     let parts = sse(&[&openai_delta("ok"), "[DONE]"]);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let fake = Fake::start(vec![limited, Reply::ok("text/event-stream", &parts)]).await;
@@ -374,35 +374,24 @@ async fn retries_429_after_retry_after() {
     assert_eq!(done["result"], "ok");
     assert!(
         started.elapsed() >= Duration::from_millis(950),
-        "Retry-After was not honoured"
+        "Retry-After: {value} was not honoured"
     );
     assert_eq!(fake.requests().len(), 2);
     server.stop().await;
 }
 
-/// `Retry-After` given as an HTTP date is honoured like one in seconds.
+/// 429 with Retry-After in seconds is waited out, then the retry succeeds.
+#[tokio::test]
+async fn retries_429_after_retry_after() {
+    waits_out_retry_after("1".into()).await;
+}
+
+/// `Retry-After` given as an HTTP date is honoured like one in seconds (the
+/// date has whole seconds: two from now is at least one away).
 #[tokio::test]
 async fn retry_after_as_an_http_date_is_honoured() {
-    let mut limited = Reply::status(429, "{\"error\":{\"message\":\"slow down\"}}");
     let at = std::time::SystemTime::now() + Duration::from_secs(2);
-    limited
-        .headers
-        .push(("retry-after", httpdate::fmt_http_date(at)));
-    let parts = sse(&[&openai_delta("ok"), "[DONE]"]);
-    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let fake = Fake::start(vec![limited, Reply::ok("text/event-stream", &parts)]).await;
-    let server = TestServer::spawn_with(config(&http_agent("a", "openai", &fake.base, ""))).await;
-    let started = Instant::now();
-    let id = submit(&server, "a", "p", json!({})).await;
-    let done = server.wait_terminal(&server.admin, &id).await;
-    assert_eq!(done["state"], "completed", "{done}");
-    // The date has whole seconds: it is at least one second away.
-    assert!(
-        started.elapsed() >= Duration::from_millis(950),
-        "the Retry-After date was not honoured"
-    );
-    assert_eq!(fake.requests().len(), 2);
-    server.stop().await;
+    waits_out_retry_after(httpdate::fmt_http_date(at)).await;
 }
 
 /// A connection dropped after the response headers but before the first

@@ -279,24 +279,21 @@ mod tests {
 
         let mut io = Io::new(server, Bytes::new(), 1 << 20);
         let mut got = Vec::new();
-        io.read(&mut |m| {
-            if let Incoming::Text(t) = m {
-                got.push(t.len());
-            }
-            false
-        })
-        .await
-        .unwrap();
+        // Record text lengths; `go` is what the consumer answers.
+        let mut read = async |io: &mut Io, got: &mut Vec<usize>, go: bool| {
+            io.read(&mut |m| {
+                if let Incoming::Text(t) = m {
+                    got.push(t.len());
+                }
+                go
+            })
+            .await
+            .unwrap();
+        };
+        read(&mut io, &mut got, false).await;
         assert_eq!(got, vec![SCRATCH - 14]);
         // The second message waits for the next read.
-        io.read(&mut |m| {
-            if let Incoming::Text(t) = m {
-                got.push(t.len());
-            }
-            true
-        })
-        .await
-        .unwrap();
+        read(&mut io, &mut got, true).await;
         assert_eq!(got, vec![SCRATCH - 14, 6]);
     }
 }
