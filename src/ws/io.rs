@@ -280,7 +280,7 @@ mod tests {
         let mut io = Io::new(server, Bytes::new(), 1 << 20);
         let mut got = Vec::new();
         // Record text lengths; `go` is what the consumer answers.
-        let mut read = async |io: &mut Io, got: &mut Vec<usize>, go: bool| {
+        let read = async |io: &mut Io, got: &mut Vec<usize>, go: bool| {
             io.read(&mut |m| {
                 if let Incoming::Text(t) = m {
                     got.push(t.len());
