@@ -16,6 +16,10 @@ pub enum StreamKey {
     Session(Uuid),
     /// `audit`: the audit log.
     Audit,
+    /// `tasks`: the state changes of every task on every session, live only
+    /// (an operator's wall screen). Its events name their session and that
+    /// session's seq; it has no seq of its own and no replay.
+    Tasks,
 }
 
 impl fmt::Display for StreamKey {
@@ -23,6 +27,7 @@ impl fmt::Display for StreamKey {
         match self {
             StreamKey::Session(id) => write!(f, "session:{id}"),
             StreamKey::Audit => f.write_str("audit"),
+            StreamKey::Tasks => f.write_str("tasks"),
         }
     }
 }
@@ -31,13 +36,17 @@ impl FromStr for StreamKey {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "audit" {
-            return Ok(StreamKey::Audit);
+        match s {
+            "audit" => return Ok(StreamKey::Audit),
+            "tasks" => return Ok(StreamKey::Tasks),
+            _ => {}
         }
         s.strip_prefix("session:")
             .and_then(|id| Uuid::parse_str(id).ok())
             .map(StreamKey::Session)
-            .ok_or_else(|| format!("unknown stream `{s}`: expected `session:<uuid>` or `audit`"))
+            .ok_or_else(|| {
+                format!("unknown stream `{s}`: expected `session:<uuid>`, `audit` or `tasks`")
+            })
     }
 }
 
@@ -147,7 +156,8 @@ mod tests {
         assert_eq!(key.to_string(), format!("session:{id}"));
         assert_eq!("audit".parse::<StreamKey>().unwrap(), StreamKey::Audit);
         assert!("session:nope".parse::<StreamKey>().is_err());
-        assert!("tasks".parse::<StreamKey>().is_err());
+        assert_eq!("tasks".parse::<StreamKey>().unwrap(), StreamKey::Tasks);
+        assert!("task".parse::<StreamKey>().is_err());
     }
 
     /// The hand-written formatter agrees with chrono's.

@@ -638,6 +638,7 @@ async fn frames_match_the_frame_schemas() {
     let ops = [
         json!({"op": "ping"}),
         json!({"op": "subscribe", "stream": "audit", "after_seq": 0}),
+        json!({"op": "subscribe", "stream": "tasks"}),
         json!({"op": "task.submit", "agent_type": "echo", "prompt": "frames!",
                "params": {"chunk_size": 2}}),
         json!({"op": "task.list", "limit": 5}),
@@ -667,11 +668,19 @@ async fn frames_match_the_frame_schemas() {
     let events = ws.until_terminal(&task_id).await;
     let mut kinds = std::collections::BTreeSet::new();
     for e in &events {
+        if e["stream"] == "tasks" {
+            check_frame("tasks-event.json", e);
+            kinds.insert(format!("tasks {}", e["type"].as_str().unwrap()));
+            continue;
+        }
         check_frame("event.json", e);
         kinds.insert(e["type"].as_str().unwrap().to_owned());
     }
     assert!(
-        kinds.contains("task.output") && kinds.contains("task.state") && kinds.contains("audit"),
+        kinds.contains("task.output")
+            && kinds.contains("task.state")
+            && kinds.contains("audit")
+            && kinds.contains("tasks task.state"),
         "{kinds:?}"
     );
 

@@ -143,6 +143,7 @@ function onHello(r, { resumed }) {
     app.start();
   } else if (resumed) {
     app.sessions.refresh(); // sessions opened while we were away get subscribed
+    if (app.wallOn()) app.reloadTasks(); // the wall is live only: what changed meanwhile is read
   }
   app.onHello(r);
   applyPermissions();
@@ -155,8 +156,16 @@ function onEvent(ev) {
     app.views.audit?.onEvent(ev);
     return;
   }
+  if (ev.stream === 'tasks') {
+    // The wall (admin:system): every task's state changes, live only. A lag means some were
+    // dropped: the list and the counts are read again.
+    if (ev.type === 'tasks.lagged') app.reloadTasks();
+    else if (ev.task_id) app.store.applyEvent(ev);
+    return;
+  }
   if (typeof ev.stream === 'string' && ev.stream.startsWith('session:')) {
-    if (ev.task_id) app.store.applyEvent(ev);
+    // With the wall on, state changes reach the board from it; session streams still carry output.
+    if (ev.task_id && !(app.wallOn() && ev.type === 'task.state')) app.store.applyEvent(ev);
     app.detail.onEvent(ev);
   }
 }
@@ -167,7 +176,11 @@ function buildApp() {
   const store = new TaskStore();
   const sessions = new SessionsModel(api);
   const detailRoot = document.createElement('aside');
-  const detail = createDetail({ root: detailRoot, client, store, can, onClose: closeTask });
+  const detail = createDetail({
+    root: detailRoot, client, store, can, onClose: closeTask,
+    // A task seen on the wall may be in a session not followed yet: follow it (replayed from 0).
+    onLoaded: (t) => { if (t.session_id) follow([{ session_id: t.session_id, state: 'active' }], { initial: false }); },
+  });
   const board = createBoard({
     root: $('view-board'), store, sessions, detailRoot,
     onOpen: (id) => { location.hash = `#/task/${encodeURIComponent(id)}`; },
@@ -184,6 +197,17 @@ function buildApp() {
   };
   const subscribed = new Set();
   let fallbackTimer = null;
+  let wall = false;
+
+  /** With admin:system, one subscription to `tasks` keeps the whole board live, however many
+   *  sessions there are; session subscriptions then only feed the task detail. */
+  async function followAll() {
+    if (!can('admin:system') || wall) return;
+    try {
+      await client.subscribe('tasks');
+      wall = true;
+    } catch { /* an older server: per-session subscriptions and polling as before */ }
+  }
 
   /** Subscribe to session streams not yet followed. Sessions found after the first load are
    *  replayed from seq 0, since their tasks may predate our list. */
@@ -199,7 +223,7 @@ function buildApp() {
       jobs.push(client.subscribe(stream, initial ? {} : { afterSeq: 0 }).catch((err) => {
         subscribed.delete(s.session_id);
         // Over a subscription limit, say: keep the board right by polling the list instead.
-        if (err.code !== 'not_found') startFallback();
+        if (err.code !== 'not_found' && !wall) startFallback();
       }));
     }
     await Promise.allSettled(jobs);
@@ -272,6 +296,7 @@ function buildApp() {
     async start() {
       await sessions.refresh();
       // Subscribe before listing: a transition between the two then shows up as an event.
+      await followAll();
       await follow(sessions.list, { initial: true });
       sessions.onChange(({ added }) => follow(added.map((id) => sessions.byId.get(id)), { initial: false }));
       await loadFirstPage();
@@ -284,6 +309,14 @@ function buildApp() {
       subscribed.add(r.session_id);
     },
     reloadTasks: () => { board.refreshCounts(); return loadFirstPage(); },
+    wallOn: () => wall,
+    followAll,
+    /** admin:system was taken away: the server ended the subscription's right, drop it here too. */
+    leaveWall() {
+      if (!wall) return;
+      wall = false;
+      client.unsubscribe('tasks').catch(() => {});
+    },
   };
 }
 
@@ -300,6 +333,8 @@ function applyPermissions() {
     $('view-submit').replaceChildren();
     views.submit = null;
   }
+  if (can('admin:system')) app.followAll();
+  else app.leaveWall();
   if (can('admin:system') && !views.audit) {
     views.audit = createAudit({ root: $('view-audit'), api, client });
   } else if (!can('admin:system') && views.audit) {

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use crate::bus::{Bus, Delivery, Inbox, Item};
 use crate::error::Result;
 use crate::event::StreamKey;
-use crate::protocol::ws::audit_event_frame;
+use crate::protocol::ws::{audit_event_frame, tasks_lagged_frame};
 use crate::store::Store;
 
 /// How many stored events a catch-up reads at a time.
@@ -67,7 +67,12 @@ impl Follower {
         self.subs.push(Sub {
             key,
             last: after.max(0),
-            state: State::Stale,
+            // `tasks` is live only: nothing stored to read first.
+            state: if key == StreamKey::Tasks {
+                State::Live
+            } else {
+                State::Stale
+            },
             held: Vec::new(),
         });
     }
@@ -111,6 +116,8 @@ impl Follower {
             return; // not (or no longer) followed; a later store read covers it
         };
         match sub.state {
+            // Events of every session, in publish order, each once.
+            State::Live if key == StreamKey::Tasks => deliver(d),
             State::Live => next_in_order(sub, d, deliver),
             State::Filling { .. } if sub.held.len() < HOLD => sub.held.push(d),
             State::Filling { .. } => sub.state = State::Filling { again: true },
@@ -156,6 +163,15 @@ impl Follower {
             let Some(sub) = self.subs.iter_mut().find(|s| s.state == State::Stale) else {
                 return Poll::Ready(Ok(()));
             };
+            if sub.key == StreamKey::Tasks {
+                // Nothing to read back: say that state changes were missed.
+                sub.state = State::Live;
+                deliver(Delivery {
+                    seq: 0,
+                    frame: tasks_lagged_frame(),
+                });
+                continue;
+            }
             sub.state = State::Filling { again: false };
             let (store, key, after) = (self.store.clone(), sub.key, sub.last);
             // On its own task: the read holds a pooled store connection
@@ -310,5 +326,46 @@ pub async fn read_stored(
                 frame: audit_event_frame(r),
             })
             .collect(),
+        StreamKey::Tasks => Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::frame::Frame;
+
+    /// The `tasks` stream is live only: events of any session pass in the
+    /// order they come, and a lag becomes one `tasks.lagged` event instead
+    /// of a store read.
+    #[tokio::test]
+    async fn the_tasks_stream_delivers_as_published_and_says_when_it_lagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let bus = Arc::new(Bus::new());
+        let store = crate::store::open(&format!("sqlite://{}", path.display()), bus)
+            .await
+            .unwrap();
+        let mut f = Follower::new(store);
+        f.add(StreamKey::Tasks, 0);
+        assert!(!f.needs_fill());
+        let mut got = Vec::new();
+        for seq in [7, 3, 9] {
+            let d = Delivery {
+                seq,
+                frame: Frame::text("{}"),
+            };
+            f.live(StreamKey::Tasks, d, &mut |d| got.push(d.seq));
+        }
+        assert_eq!(got, [7, 3, 9]);
+
+        f.lagged();
+        let mut frames = Vec::new();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let done = f.poll_fill(&mut cx, &mut |d| frames.push(d.frame));
+        assert!(matches!(done, Poll::Ready(Ok(()))));
+        assert_eq!(frames.len(), 1);
+        assert!(frames[0].payload_str().contains(r#""type":"tasks.lagged""#));
+        assert!(!f.needs_fill());
+    }
 }

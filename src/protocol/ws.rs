@@ -241,11 +241,7 @@ struct EventFrame<'a, B: Serialize> {
 
 /// `{"op":"event","stream":"session:<id>","seq",..,"type","task_id","at","data"}`.
 pub fn session_event_frame(e: &StoredEvent) -> Frame {
-    let data = match &e.body {
-        crate::event::EventBody::State(s) => serde_json::to_string(s),
-        crate::event::EventBody::Output(o) => serde_json::to_string(o),
-    }
-    .unwrap_or_else(|_| "null".into());
+    let data = event_data(e);
     event_frame(
         e.session_id,
         e.seq,
@@ -283,6 +279,66 @@ pub fn event_frame(
         buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
         buf.extend_from_slice(br#""}"#);
     })
+}
+
+/// An event's `data` object, serialized.
+pub fn event_data(e: &StoredEvent) -> String {
+    match &e.body {
+        crate::event::EventBody::State(s) => serde_json::to_string(s),
+        crate::event::EventBody::Output(o) => serde_json::to_string(o),
+    }
+    .unwrap_or_else(|_| "null".into())
+}
+
+/// The `tasks` stream's copy of a `task.state` event: the session's event
+/// with `"stream":"tasks"`, its session named in `session_id` and its seq
+/// in `session_seq` (the stream itself has no seq, so clients that order
+/// events by `seq` pass it through).
+pub fn tasks_event_frame(
+    session_id: Uuid,
+    seq: i64,
+    data: &str,
+    task_id: Uuid,
+    at: &chrono::DateTime<chrono::Utc>,
+) -> Frame {
+    Frame::text_with(|buf| {
+        let mut ids = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        buf.extend_from_slice(
+            br#"{"op":"event","stream":"tasks","type":"task.state","session_id":""#,
+        );
+        buf.extend_from_slice(session_id.hyphenated().encode_lower(&mut ids).as_bytes());
+        buf.extend_from_slice(br#"","session_seq":"#);
+        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        buf.extend_from_slice(br#","data":"#);
+        buf.extend_from_slice(data.as_bytes());
+        buf.extend_from_slice(br#","task_id":""#);
+        buf.extend_from_slice(task_id.hyphenated().encode_lower(&mut ids).as_bytes());
+        buf.extend_from_slice(br#"","at":""#);
+        buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
+        buf.extend_from_slice(br#""}"#);
+    })
+}
+
+/// The `tasks` stream's event for "some state changes were dropped because
+/// this subscriber fell behind": reload the task list.
+pub fn tasks_lagged_frame() -> Frame {
+    Frame::text(r#"{"op":"event","stream":"tasks","type":"tasks.lagged","data":{}}"#)
+}
+
+/// Publish a stored session event on the bus: to its session's
+/// subscribers, and a state change also to the `tasks` stream. `data` is
+/// the event's serialized `data` object.
+pub fn publish_session_event(bus: &crate::bus::Bus, e: &StoredEvent, data: &str) {
+    let key = crate::event::StreamKey::Session(e.session_id);
+    let kind = e.body.type_name();
+    bus.publish(key, e.seq, || {
+        event_frame(e.session_id, e.seq, kind, data, e.task_id, &e.at)
+    });
+    if matches!(e.body, crate::event::EventBody::State(_)) {
+        bus.publish(crate::event::StreamKey::Tasks, 0, || {
+            tasks_event_frame(e.session_id, e.seq, data, e.task_id, &e.at)
+        });
+    }
 }
 
 #[derive(Serialize)]
@@ -407,7 +463,8 @@ pub mod schema {
     #[derive(JsonSchema)]
     pub struct Event {
         pub op: EventOp,
-        /// `session:<uuid>` or `audit`.
+        /// `session:<uuid>` or `audit` (the `tasks` stream's events are
+        /// described by `tasks-event.json`).
         pub stream: String,
         /// Position in the stream: rises by exactly 1 per event.
         pub seq: i64,
@@ -419,6 +476,47 @@ pub mod schema {
         pub data: EventData,
     }
 
+    /// What a `tasks` stream event carries, by `type`.
+    #[derive(JsonSchema)]
+    #[serde(tag = "type", content = "data")]
+    pub enum TasksEventData {
+        /// A task changed state (the session's event, as stored).
+        #[serde(rename = "task.state")]
+        State(StateChange),
+        /// This subscriber fell behind and state changes were dropped:
+        /// reload the task list.
+        #[serde(rename = "tasks.lagged")]
+        Lagged(Empty),
+    }
+
+    /// An empty object.
+    #[derive(JsonSchema)]
+    pub struct Empty {}
+
+    /// An event of the `tasks` stream (`admin:system`): every task's state
+    /// changes, live only. No `seq` of its own: `session_id` and
+    /// `session_seq` say where the event is stored.
+    #[derive(JsonSchema)]
+    pub struct TasksEvent {
+        pub op: EventOp,
+        #[schemars(extend("const" = "tasks"))]
+        pub stream: String,
+        /// The session whose stream holds the event (not on `tasks.lagged`).
+        #[serde(default)]
+        pub session_id: Option<Uuid>,
+        /// The event's seq in that session's stream.
+        #[serde(default)]
+        pub session_seq: Option<i64>,
+        /// The task.
+        #[serde(default)]
+        pub task_id: Option<Uuid>,
+        /// When it was stored.
+        #[serde(default)]
+        pub at: Option<DateTime<Utc>>,
+        #[serde(flatten)]
+        pub data: TasksEventData,
+    }
+
     /// Every frame schema, by file name under `protocol/schema/`.
     pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         fn of<T: JsonSchema>() -> serde_json::Value {
@@ -428,6 +526,7 @@ pub mod schema {
             ("client-op.json", of::<ClientFrame>()),
             ("reply.json", of::<Reply>()),
             ("event.json", of::<Event>()),
+            ("tasks-event.json", of::<TasksEvent>()),
             ("hello-reply.json", of::<HelloReply>()),
             ("subscribe-reply.json", of::<SubscribeReply>()),
         ]

@@ -42,7 +42,7 @@ use crate::bus::Bus;
 use crate::device::Device;
 use crate::error::Result;
 use crate::event::{EventBody, StoredEvent, StreamKey};
-use crate::protocol::ws::{audit_event_frame, session_event_frame};
+use crate::protocol::ws::{audit_event_frame, event_data, publish_session_event};
 use crate::session::{Session, SessionState};
 use crate::store::{
     Append, AuditQuery, Rejected, Signal, Stats, Store, TaskChange, TaskFilter, corrupt,
@@ -120,6 +120,13 @@ impl Fanout {
         true
     }
 
+    /// Whether anyone on this node listens to `key`'s events: its own
+    /// subscribers, or for a session those of the `tasks` stream.
+    fn listened(&self, key: StreamKey) -> bool {
+        self.bus.has_subscribers(&key)
+            || (matches!(key, StreamKey::Session(_)) && self.bus.has_subscribers(&StreamKey::Tasks))
+    }
+
     /// The highest seq published for `key`, if any.
     fn last(&self, key: &StreamKey) -> Option<i64> {
         self.published.get(key).map(|s| *s)
@@ -127,10 +134,12 @@ impl Fanout {
 
     /// Publish committed events and audit records not yet published.
     fn publish(&self, events: &[StoredEvent], audit: &[AuditRecord]) {
+        let tasks = self.bus.has_subscribers(&StreamKey::Tasks);
         for e in events {
             let key = StreamKey::Session(e.session_id);
-            if self.bus.has_subscribers(&key) && self.claim(key, e.seq) {
-                self.bus.publish(key, e.seq, || session_event_frame(e));
+            let state = tasks && matches!(e.body, EventBody::State(_));
+            if (state || self.bus.has_subscribers(&key)) && self.claim(key, e.seq) {
+                publish_session_event(&self.bus, e, &event_data(e));
             }
         }
         for r in audit {

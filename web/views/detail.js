@@ -5,7 +5,7 @@
 import { h, clear, setText, shortId, fmtClock, fmtWhen, fmtIso, fmtValue, toMs, toast } from '../lib/dom.js';
 import { TERMINAL } from '../lib/tasks.js';
 
-export function createDetail({ root, client, store, can, onClose }) {
+export function createDetail({ root, client, store, can, onClose, onLoaded = () => {} }) {
   let taskId = null;
   let gen = 0; // bumps on every open: replies for a task no longer shown are ignored
   let loading = false;
@@ -246,6 +246,7 @@ export function createDetail({ root, client, store, can, onClose }) {
     if (g !== gen) return;
     loading = false;
     setText(status, '');
+    onLoaded(t); // its session's events must reach us live
     const change = store.applySnapshot(t, 'front');
     const task = change?.task || known;
     if (task) renderMeta(task);

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{CONTROL_CHANNEL, EVENTS_CHANNEL, PostgresStore, TASKS_CHANNEL};
 use crate::bus::read_stored;
 use crate::event::StreamKey;
+use crate::protocol::ws::tasks_lagged_frame;
 use crate::store::{Signal, Store};
 
 /// Most events republished per stream after a reconnect.
@@ -121,7 +122,7 @@ impl PostgresStore {
 
     /// Publish the stored events `from..=to` of `key` not yet published here.
     async fn publish_range(&self, key: StreamKey, from: i64, to: i64) -> crate::error::Result<()> {
-        if !self.fanout.bus.has_subscribers(&key) {
+        if !self.fanout.listened(key) {
             return Ok(());
         }
         let after = match self.fanout.last(&key) {
@@ -139,6 +140,11 @@ impl PostgresStore {
         after: i64,
         limit: i64,
     ) -> crate::error::Result<()> {
+        if let StreamKey::Session(id) = key {
+            let events = self.events_after(id, after, limit.max(1)).await?;
+            self.fanout.publish(&events, &[]);
+            return Ok(());
+        }
         for d in read_stored(self, key, after, limit.max(1)).await? {
             if self.fanout.claim(key, d.seq) {
                 self.fanout.bus.publish(key, d.seq, || d.frame.clone());
@@ -150,11 +156,15 @@ impl PostgresStore {
     /// After a reconnect: republish the newest events of every stream with
     /// local subscribers.
     async fn catch_up(&self) {
+        self.fanout
+            .bus
+            .publish(StreamKey::Tasks, 0, tasks_lagged_frame);
         for key in self.fanout.bus.keys() {
             if !self.fanout.bus.has_subscribers(&key) {
                 continue;
             }
             let newest = match key {
+                StreamKey::Tasks => continue, // live only: its subscribers reload
                 StreamKey::Session(id) => self
                     .get_session(id)
                     .await

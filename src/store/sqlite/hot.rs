@@ -6,8 +6,8 @@ use std::time::Instant;
 use rusqlite::ErrorCode;
 
 use crate::error::{Error, Result};
-use crate::event::{StoredEvent, StreamKey, now, rfc3339};
-use crate::protocol::ws::event_frame;
+use crate::event::{StoredEvent, now, rfc3339};
+use crate::protocol::ws::publish_session_event;
 use crate::store::sqlite::rows::{event_data, event_kind, micros};
 use crate::store::sqlite::writer::{Job, SessionSlot, TaskSlot, Writer};
 use crate::store::{Append, Rejected, TaskChange};
@@ -267,16 +267,6 @@ impl Writer {
             match (job, applied) {
                 (Job::Append(a, reply), Applied::Event { seq, data }) => {
                     stored += 1;
-                    self.bus.publish(StreamKey::Session(a.session_id), seq, || {
-                        event_frame(
-                            a.session_id,
-                            seq,
-                            a.body.type_name(),
-                            &data,
-                            a.task_id,
-                            &a.at,
-                        )
-                    });
                     let event = StoredEvent {
                         session_id: a.session_id,
                         seq,
@@ -284,6 +274,7 @@ impl Writer {
                         at: a.at,
                         body: a.body,
                     };
+                    publish_session_event(&self.bus, &event, &data);
                     replies.push((reply.push_ack(), Ok(Ok(event))));
                 }
                 (Job::Append(_, reply), Applied::Refused(r)) => replies.push((reply, Ok(Err(r)))),
