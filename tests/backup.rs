@@ -1,7 +1,8 @@
 //! `switchboard backup` copies a live SQLite node without stopping it: taken
-//! twice while clients submit tasks without pause, each copy holds every
-//! task acknowledged before the backup began, with its events (1..N with no
-//! gap in every session, the terminal event of every task that had ended),
+//! twice while clients submit tasks without pause (some of them still
+//! running at the time), each copy holds every task acknowledged before the
+//! backup began, with its events (1..N with no gap in every session, the
+//! terminal event of every task that had ended),
 //! passes SQLite's integrity check, and a new node started on it serves
 //! those tasks and verifies its audit log, online and offline, signed
 //! checkpoints included. An existing file and a PostgreSQL URL are refused.
@@ -63,14 +64,16 @@ async fn a_backup_of_a_busy_node_restores_everything_acknowledged_before_it() {
         writers.spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
+                // Every fourth task is slow, so that some are running
+                // while a backup is taken.
+                let delay_ms = if n % 4 == 0 { 100 } else { 0 };
+                let task = json!({"agent_type": "echo", "prompt": format!("task {n} of {token}"),
+                                  "params": {"chunk_size": 3, "delay_ms": delay_ms}});
                 let (status, body) = send(
                     http()
                         .post(format!("{base}/api/runtime/tasks/submit"))
                         .bearer_auth(&token)
-                        .json(
-                            &json!({"agent_type": "echo", "prompt": format!("task {n} of {token}"),
-                                      "params": {"chunk_size": 3}}),
-                        ),
+                        .json(&task),
                 )
                 .await;
                 assert_eq!(status, 200, "{body}");
@@ -99,6 +102,10 @@ async fn a_backup_of_a_busy_node_restores_everything_acknowledged_before_it() {
             ended.len(),
             acked.lock().unwrap().len() - started_with,
             out.trim()
+        );
+        assert!(
+            ended.len() < before.len(),
+            "some tasks were still running when the backup began"
         );
         snapshots.push(Snapshot {
             file,

@@ -207,6 +207,7 @@ pub async fn presence(State(s): State<AppState>, p: Principal) -> Result<Json<Ve
 /// the database's size, and the last prune (`admin:system`).
 #[utoipa::path(
     get,
+    operation_id = "get_storage",
     path = "/admin/storage",
     tag = "admin",
     responses(

@@ -68,8 +68,10 @@ pub struct StorageReport {
 pub struct KindStorage {
     /// How many rows (records) of this kind are kept.
     pub rows: i64,
-    /// Whether `rows` is an estimate rather than a count (see the module
-    /// documentation: exact up to 100,000 rows).
+    /// Whether `rows` is an estimate rather than a count. Tables up to
+    /// 100,000 rows are counted; bigger ones are estimated (SQLite: the span
+    /// of the table's increasing key, exact until rows are deleted from its
+    /// middle; PostgreSQL: its statistics). The audit log is always exact.
     pub rows_estimated: bool,
     /// The space its tables and indexes take, in bytes; null when the
     /// backend cannot say cheaply.
