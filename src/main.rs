@@ -26,6 +26,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copy a live SQLite node's database to FILE, consistently, without
+    /// stopping the node (PostgreSQL: use pg_dump or pg_basebackup).
+    Backup(switchboard::cli::backup::BackupArgs),
     /// Client commands: talk to a node (see protocol/cli.md).
     #[command(flatten)]
     Client(switchboard::cli::Command),
@@ -309,6 +312,7 @@ async fn run(cli: Cli) -> ExitCode {
         other => other,
     };
     init_tracing();
+    let json = cli.client.json;
     let result = match command {
         Command::Serve(args) => serve(args).await.map(|_| true),
         Command::Audit {
@@ -317,6 +321,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Export { database, after },
         } => audit_export(database, after).await.map(|_| true),
+        Command::Backup(args) => switchboard::cli::backup::run(args, json)
+            .await
+            .map(|_| true),
         Command::Client(_) => unreachable!("handled above"),
     };
     match result {

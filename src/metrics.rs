@@ -8,13 +8,28 @@
 //! `switchboard_subscriber_lagged_total`, `switchboard_ws_ops_total{op}`,
 //! `switchboard_denied_total{action}`, `switchboard_commit_batch_size`,
 //! `switchboard_commit_seconds` (time to commit one batch of events).
+//!
+//! Storage (the figures of `GET /api/admin/storage`, refreshed at a scrape
+//! at most every [`STORAGE_EVERY`]): `switchboard_storage_rows{kind}`
+//! (estimated for big tables, see [`crate::protocol::storage`]),
+//! `switchboard_storage_bytes{kind}` (where the backend can say),
+//! `switchboard_storage_oldest_timestamp_seconds{kind}`,
+//! `switchboard_storage_database_bytes` (SQLite: file + WAL) and, on SQLite,
+//! `switchboard_storage_wal_bytes`.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::protocol::storage::StorageReport;
 use crate::runtime::Runtime;
 use crate::task::TaskState;
+
+/// The storage gauges are refreshed at most this often: a scrape every few
+/// seconds should not walk the database each time (on SQLite, per-kind
+/// bytes read every page of a file up to 256 MiB).
+pub const STORAGE_EVERY: Duration = Duration::from_secs(30);
 
 /// The process-wide recorder (installed once, shared by every node in the
 /// process, which only matters for tests).
@@ -50,4 +65,41 @@ pub async fn refresh(runtime: &Runtime) {
     // Streams with a live subscriber on this node: goes back to zero when
     // the sockets are gone (nothing per session outlives its last socket).
     metrics::gauge!("switchboard_bus_streams").set(runtime.bus().stream_count() as f64);
+    refresh_storage(runtime).await;
+}
+
+/// Refresh the storage gauges, unless they were refreshed less than
+/// [`STORAGE_EVERY`] ago (by any node of this process).
+async fn refresh_storage(runtime: &Runtime) {
+    // A std mutex: held only to read and set an instant, never across an await.
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < STORAGE_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+    }
+    match runtime.store().storage().await {
+        Ok(report) => set_storage_gauges(&report),
+        Err(e) => tracing::warn!(error = %e, "metrics: storage figures unavailable"),
+    }
+}
+
+/// Export one storage report.
+pub fn set_storage_gauges(report: &StorageReport) {
+    for (kind, k) in &report.kinds {
+        metrics::gauge!("switchboard_storage_rows", "kind" => kind.clone()).set(k.rows as f64);
+        if let Some(bytes) = k.bytes {
+            metrics::gauge!("switchboard_storage_bytes", "kind" => kind.clone()).set(bytes as f64);
+        }
+        if let Some(oldest) = k.oldest {
+            metrics::gauge!("switchboard_storage_oldest_timestamp_seconds", "kind" => kind.clone())
+                .set(oldest.timestamp_micros() as f64 / 1e6);
+        }
+    }
+    metrics::gauge!("switchboard_storage_database_bytes").set(report.database_bytes as f64);
+    if let Some(wal) = report.wal_bytes {
+        metrics::gauge!("switchboard_storage_wal_bytes").set(wal as f64);
+    }
 }

@@ -247,6 +247,8 @@ pub enum Action {
     AuditRead,
     /// Read one's own audit activity (own user or own session).
     AuditOwn,
+    /// Read the node's storage figures (`GET /api/admin/storage`).
+    StorageRead,
     /// Register, list and revoke one's own devices; see who is connected.
     DeviceOwn,
     /// Phase 1: list and read projects and their tasks.
@@ -262,7 +264,7 @@ pub enum Action {
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 20] = [
+    pub const ALL: [Action; 21] = [
         Action::WhoAmI,
         Action::SessionCreate,
         Action::SessionRead,
@@ -278,6 +280,7 @@ impl Action {
         Action::UserAdmin,
         Action::AuditRead,
         Action::AuditOwn,
+        Action::StorageRead,
         Action::DeviceOwn,
         Action::ProjectRead,
         Action::ProjectWrite,
@@ -307,6 +310,7 @@ impl Action {
             Action::SkillList => &[SkillList],
             Action::UserAdmin => &[AdminUsers],
             Action::AuditRead => &[AdminSystem],
+            Action::StorageRead => &[AdminSystem],
             Action::ProjectRead => &[ProjectRead],
             Action::ProjectWrite => &[ProjectWrite],
             Action::ProjectDelete => &[ProjectDelete],
@@ -337,6 +341,7 @@ impl Action {
             Action::UserAdmin => "admin.users",
             Action::AuditRead => "audit.read",
             Action::AuditOwn => "audit.own",
+            Action::StorageRead => "storage.read",
             Action::DeviceOwn => "device.own",
             Action::ProjectRead => "project.read",
             Action::ProjectWrite => "project.write",

@@ -250,6 +250,7 @@ fn probes(action: Action, a: &Actor, other: &Other) -> Vec<Probe> {
             get("/api/audit/verify"),
             ws(json!({"op": "subscribe", "stream": "audit"})),
         ],
+        Action::StorageRead => vec![get("/api/admin/storage")],
         Action::AuditOwn => vec![
             get(format!("/api/audit/users/{}/activity", a.user_id)),
             get(format!("/api/audit/sessions/{s}/activity")),

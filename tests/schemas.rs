@@ -86,6 +86,7 @@ fn document_is_openapi_3_1_and_complete() {
         "/api/runtime/tasks/submit",
         "/api/audit/verify",
         "/api/admin/users",
+        "/api/admin/storage",
         "/healthz",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
@@ -306,6 +307,15 @@ async fn responses_match_the_openapi_document() {
     )
     .await;
     call(&s, &api, M::GET, "/api/presence", "/api/presence", None).await;
+    call(
+        &s,
+        &api,
+        M::GET,
+        "/api/admin/storage",
+        "/api/admin/storage",
+        None,
+    )
+    .await;
 
     let (_, session) = call(
         &s,

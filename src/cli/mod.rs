@@ -12,8 +12,11 @@
 //!   sessions), [`admin`] (users, devices), [`console`], [`hosts`]
 //!   (`host list`; `link` itself is [`crate::host`]).
 //! - [`output`]: human rendering and `--json`.
+//! - [`backup`]: `switchboard backup`, a copy of a live SQLite database
+//!   (a local command, not a client of a node).
 
 pub mod admin;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod console;

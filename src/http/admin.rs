@@ -1,4 +1,4 @@
-//! `/api/me`, `/api/admin/users/*`, `/api/presence`.
+//! `/api/me`, `/api/admin/users/*`, `/api/admin/storage`, `/api/presence`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,6 +8,7 @@ use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, OptionalJson, Path};
 use crate::presence::PresenceView;
+use crate::protocol::storage::StorageReport;
 use crate::protocol::{
     CreateUserRequest, CreatedUser, PermissionRequest, RoleRequest, TokenRequest, TokenView,
     TokensRevoked, UserView,
@@ -200,4 +201,21 @@ pub async fn revoke_tokens(
 )]
 pub async fn presence(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<PresenceView>>> {
     Ok(Json(s.runtime.presence_list(&p).await?))
+}
+
+/// `GET /api/admin/storage`: rows, bytes and oldest item per kind of data,
+/// the database's size, and the last prune (`admin:system`).
+#[utoipa::path(
+    get,
+    operation_id = "get_storage",
+    path = "/admin/storage",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The storage figures; `rows_estimated` marks the row counts that are estimates (big tables)", body = crate::protocol::storage::StorageReport),
+        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
+        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+    )
+)]
+pub async fn storage(State(s): State<AppState>, p: Principal) -> Result<Json<StorageReport>> {
+    Ok(Json(s.runtime.storage(&p).await?))
 }

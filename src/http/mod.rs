@@ -77,6 +77,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::revoke_role))
         .routes(routes!(admin::adjust_permission))
         .routes(routes!(admin::issue_token, admin::revoke_tokens))
+        .routes(routes!(admin::storage))
         .routes(routes!(admin::presence))
         .routes(routes!(devices::register, devices::list))
         .routes(routes!(devices::challenge))

@@ -33,6 +33,7 @@ use utoipa::{Modify, OpenApi};
         (name = "health", description = "Liveness, readiness, metrics (no auth)"),
         (name = "meta", description = "This document (no auth)"),
         (name = "users", description = "The caller, users, roles, grants, tokens, presence"),
+        (name = "admin", description = "Operating the node: storage figures"),
         (name = "devices", description = "Device registration, proof challenges and trust"),
         (name = "sessions", description = "Runtime sessions and their event streams"),
         (name = "tasks", description = "Runtime (Phase 2) tasks"),

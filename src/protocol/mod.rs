@@ -4,6 +4,7 @@
 
 pub mod link;
 pub mod phase1;
+pub mod storage;
 pub mod ws;
 
 use std::collections::BTreeSet;

@@ -13,6 +13,7 @@ pub mod devices;
 pub mod hosts;
 mod projects;
 mod sessions;
+mod storage;
 mod tasks;
 pub mod tokens;
 

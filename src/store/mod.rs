@@ -27,6 +27,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::event::{EventBody, StoredEvent};
 use crate::project::{Execution, Project, ProjectTask, WorkStatus};
+use crate::protocol::storage::StorageReport;
 use crate::session::Session;
 use crate::task::{Task, TaskState};
 
@@ -188,11 +189,24 @@ pub trait TaskCounts: Send + Sync + 'static {
     async fn count_tasks(&self, filter: &TaskFilter) -> Result<Vec<(TaskState, i64)>>;
 }
 
+/// The figures of `GET /api/admin/storage` and of the `switchboard_storage_*`
+/// metrics: rows, bytes and oldest item per kind of data, and the size of
+/// the database. Cheap enough for every `/metrics` scrape: big tables are
+/// estimated, never counted row by row (which figures are estimates, and
+/// how, is written in [`crate::protocol::storage`]). Kept apart from
+/// [`Store`] so that each backend implements it in a file of its own.
+#[async_trait]
+pub trait StorageStats: Send + Sync + 'static {
+    /// The report, with `last_prune` null: the pruner, not the store,
+    /// knows when it ran.
+    async fn storage(&self) -> Result<StorageReport>;
+}
+
 /// Everything the node keeps. Implementations: [`sqlite::SqliteStore`] and
 /// [`postgres::PostgresStore`], which run the same test suite
 /// (`tests/store.rs`, with the Phase 1 part in `tests/store/projects.rs`).
 #[async_trait]
-pub trait Store: ProjectStore + TaskCounts + Send + Sync + 'static {
+pub trait Store: ProjectStore + TaskCounts + StorageStats + Send + Sync + 'static {
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 

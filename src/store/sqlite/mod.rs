@@ -17,6 +17,7 @@ mod hot;
 mod projects;
 mod read;
 pub(crate) mod rows;
+mod storage;
 mod writer;
 
 use std::str::FromStr;

@@ -1,0 +1,18 @@
+//! What the node keeps and how much room it takes (`GET /api/admin/storage`).
+
+use crate::auth::Principal;
+use crate::error::Result;
+use crate::protocol::storage::StorageReport;
+use crate::rbac::Action;
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// Rows, bytes and oldest item per kind of data, the database's size,
+    /// and the last prune (`admin:system`).
+    pub async fn storage(&self, p: &Principal) -> Result<StorageReport> {
+        self.authorize(p, Action::StorageRead).await?;
+        // `last_prune` stays null: no pruner runs yet (data retention is
+        // configured by `[retention]`, which fills it in once it exists).
+        self.store.storage().await
+    }
+}
