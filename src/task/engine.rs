@@ -162,8 +162,12 @@ impl Engine {
         self.tracker.spawn(async move {
             let id = task.task_id;
             let span = tracing::info_span!("task", task_id = %id, agent = %task.agent_type);
-            let _ = tracing::Instrument::instrument(engine.clone().drive(task, live, begun), span)
-                .await;
+            let tref = TaskRef::from(&task);
+            let driven = engine.clone().drive(task, live, begun);
+            if let Err(e) = tracing::Instrument::instrument(driven, span).await {
+                tracing::warn!(task_id = %id, error = %e, "the task's driver failed");
+                engine.fail_when_stored(&tref, &e).await;
+            }
             engine.live.remove(&id);
         });
     }
@@ -271,7 +275,7 @@ impl Engine {
                 // queue serves users round-robin (see `agent::fair`).
                 let slot = tokio::select! {
                     slot = registered.slots.acquire(&task.user_id) => slot,
-                    _ = live.cancel.cancelled() => return self.after_stop(&tref, TaskState::Pending).await,
+                    _ = live.cancel.cancelled() => return self.after_stop(&tref, TaskState::Pending, &live).await,
                 };
                 let receipts = self.queue_start(&tref, &task.agent_type).await?;
                 Begun { slot, receipts }
@@ -329,7 +333,7 @@ impl Engine {
                 self.fail(&tref, TaskState::Running, &reason).await?;
             }
             Ok(Err(AgentError::Stopped)) => {
-                return self.after_stop(&tref, TaskState::Running).await;
+                return self.after_stop(&tref, TaskState::Running, &live).await;
             }
             Err(_panic) => {
                 tracing::error!("agent panicked");
@@ -341,8 +345,10 @@ impl Engine {
     }
 
     /// The agent stopped: when the node is shutting down nobody recorded why,
-    /// so record it; otherwise the canceller or denier already did.
-    async fn after_stop(&self, task: &TaskRef, believed: TaskState) -> Result<()> {
+    /// so record it; when nobody stopped it, its output could not be stored
+    /// (an error, so that the driver records the failure once it can);
+    /// otherwise the canceller or denier already did.
+    async fn after_stop(&self, task: &TaskRef, believed: TaskState, live: &Live) -> Result<()> {
         if self.shutdown.is_cancelled() {
             self.fail(
                 task,
@@ -350,8 +356,29 @@ impl Engine {
                 "the node shut down while the task was in progress",
             )
             .await?;
+        } else if !live.cancel.is_cancelled() {
+            return Err(Error::Unavailable("its output could not be stored".into()));
         }
         Ok(())
+    }
+
+    /// The driver of `task` gave up on an error of the store (a full disk,
+    /// a lost database): fail the task, trying again until the store takes
+    /// it or the node shuts down, so that no task is left hanging.
+    async fn fail_when_stored(&self, task: &TaskRef, error: &Error) {
+        let reason = format!("the node could not store this task's progress: {error}");
+        let mut pause = std::time::Duration::from_millis(200);
+        loop {
+            match self.fail(task, TaskState::Running, &reason).await {
+                Ok(_) => return,
+                Err(e) => tracing::warn!(error = %e, "could not record the failure yet"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            pause = (pause * 2).min(std::time::Duration::from_secs(5));
+        }
     }
 }
 
