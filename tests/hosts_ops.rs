@@ -206,7 +206,7 @@ async fn a_node_restart_fails_running_hosted_tasks_and_the_host_relinks() {
 
 /// On a PostgreSQL cluster a host linked to node A serves a submit made on
 /// node B: B lists A's hosted agent and the host, and the task completes
-/// with its output in order.
+/// with its output in order; a skill only the host provides routes there.
 #[tokio::test]
 async fn a_host_linked_to_one_node_serves_submits_on_another() {
     let Some(db) = PgDb::create().await else {
@@ -214,11 +214,16 @@ async fn a_host_linked_to_one_node_serves_submits_on_another() {
     };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
-    std::fs::write(&config, "[limits]\nlease_ms = 3000\n").unwrap();
+    std::fs::write(
+        &config,
+        "[limits]\nlease_ms = 3000\n\n[[skills]]\nskill_id = \"hosted_skill\"\nname = \"Only a host has it\"\n",
+    )
+    .unwrap();
     let config = config.display().to_string();
     let a = BinaryServer::start_url(&db.url, &["--node-id", "a", "--config", &config]).await;
     let b = BinaryServer::start_url(&db.url, &["--node-id", "b", "--config", &config]).await;
-    let host = LinkHost::start(&a.base, "remote", HECHO).await;
+    let hecho = format!("{HECHO}capabilities = [\"hosted_skill\"]\n");
+    let host = LinkHost::start(&a.base, "remote", &hecho).await;
     host.wait_log("linked to", 1).await;
     let on_b = wait_hosts(&b.base, |l| l.iter().any(|h| h["name"] == "remote")).await;
     assert_eq!(on_b[0]["node_id"], "a", "{on_b:?}");
@@ -248,5 +253,26 @@ async fn a_host_linked_to_one_node_serves_submits_on_another() {
         .to_owned();
     let events = ws.until_terminal(&pinned).await;
     assert_eq!(events.last().unwrap()["data"]["state"], "completed");
-    host.wait_log("completed", 2).await;
+    // A skill that only the host on A provides is listed and routes there
+    // from B too.
+    let (_, skills) = b.get("/api/runtime/skills", ADMIN_TOKEN).await;
+    let skill = skills
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["skill_id"] == "hosted_skill")
+        .unwrap();
+    assert_eq!(
+        skill["metadata"]["available_agents"],
+        json!(["hecho"]),
+        "{skill}"
+    );
+    let by_skill = ws
+        .ok(json!({"op": "task.submit", "skill": "hosted_skill", "prompt": "by skill"}))
+        .await;
+    assert_eq!(by_skill["agent_type"], "hecho", "{by_skill}");
+    let id = by_skill["task_id"].as_str().unwrap().to_owned();
+    let events = ws.until_terminal(&id).await;
+    assert_eq!(events.last().unwrap()["data"]["state"], "completed");
+    host.wait_log("completed", 3).await;
 }

@@ -255,20 +255,38 @@ impl Runtime {
     pub async fn skills(&self, p: &Principal) -> Result<Vec<SkillView>> {
         self.authorize(p, Action::SkillList).await?;
         let agents = self.engine.agents();
+        // On a cluster, agents of other nodes (hosted ones included) count.
+        let remote = match self.store.cluster() {
+            Some(c) => c.live_agents(self.lease()).await?,
+            None => Vec::new(),
+        };
         Ok(agents
             .skills()
             .iter()
-            .map(|s| SkillView {
-                skill_id: s.skill_id.clone(),
-                name: s.name.clone(),
-                description: s.description.clone(),
-                required_permissions: s
-                    .required_permissions
-                    .iter()
-                    .map(|p| p.as_str().to_owned())
-                    .collect(),
-                agents: agents.providers(s),
-                metadata: json!({ "available_agents": agents.available_providers(s) }),
+            .map(|s| {
+                let (mut all, mut available) = (agents.providers(s), agents.available_providers(s));
+                for a in remote.iter().map(|a| &a.info) {
+                    let provides =
+                        s.agents.contains(&a.agent_type) || a.capabilities.contains(&s.skill_id);
+                    if provides && !all.contains(&a.agent_type) {
+                        all.push(a.agent_type.clone());
+                    }
+                    if provides && a.available && !available.contains(&a.agent_type) {
+                        available.push(a.agent_type.clone());
+                    }
+                }
+                SkillView {
+                    skill_id: s.skill_id.clone(),
+                    name: s.name.clone(),
+                    description: s.description.clone(),
+                    required_permissions: s
+                        .required_permissions
+                        .iter()
+                        .map(|p| p.as_str().to_owned())
+                        .collect(),
+                    agents: all,
+                    metadata: json!({ "available_agents": available }),
+                }
             })
             .collect())
     }

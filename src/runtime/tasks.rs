@@ -217,6 +217,25 @@ impl Runtime {
         found.into_iter().next().ok_or_else(unknown)
     }
 
+    /// On a cluster, an agent of another live node (a hosted one included)
+    /// that provides `skill` and can run now: declared for it, or listing it
+    /// among its capabilities. Its own checks run on that node.
+    async fn remote_provider(&self, skill: &crate::agent::Skill) -> Result<Option<String>> {
+        let Some(cluster) = self.store.cluster() else {
+            return Ok(None);
+        };
+        let live = cluster.live_agents(self.lease()).await?;
+        Ok(live
+            .into_iter()
+            .map(|a| a.info)
+            .find(|a| {
+                a.available
+                    && (skill.agents.contains(&a.agent_type)
+                        || a.capabilities.contains(&skill.skill_id))
+            })
+            .map(|a| a.agent_type))
+    }
+
     /// A stored pending task: run it here, or (with a shared store and the
     /// agent elsewhere) leave it for the node that claims it.
     async fn start_or_hand_over(&self, task: Task, agent_here: bool) {
@@ -324,9 +343,14 @@ impl Runtime {
                             agents.get(a).map(|r| r.slots.load()).unwrap_or_default();
                         running + queued
                     })
-                    .or(available.first());
+                    .or(available.first())
+                    .cloned();
+                let best = match best {
+                    Some(a) => Some(a),
+                    None => self.remote_provider(skill).await?,
+                };
                 match best {
-                    Some(a) => (a.clone(), Some(id.clone())),
+                    Some(a) => (a, Some(id.clone())),
                     None => {
                         return Err(Error::UnknownAgent(format!(
                             "no agent that provides skill `{id}` can run now{}",
