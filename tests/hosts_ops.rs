@@ -1,6 +1,7 @@
 //! Remote agent hosts in operation: device approval under `require`, the
 //! `host list` command, a node restarted under a linked host, and a host
-//! linked to one node of a PostgreSQL cluster serving submits on another.
+//! linked to one node of a PostgreSQL cluster serving submits on another,
+//! and a timeout that stops the process on the host.
 
 mod common;
 
@@ -275,4 +276,48 @@ async fn a_host_linked_to_one_node_serves_submits_on_another() {
     let events = ws.until_terminal(&id).await;
     assert_eq!(events.last().unwrap()["data"]["state"], "completed");
     host.wait_log("completed", 3).await;
+}
+
+/// A timeout reaches the host: a hosted agent's `timeout_ms` (and a task's
+/// `params.timeout_ms` below it) fails the task with "timed out" and the
+/// process on the host is stopped.
+#[tokio::test]
+async fn a_hosted_tasks_timeout_stops_it_on_the_host() {
+    let s = TestServer::spawn().await;
+    let config = format!("{SLEEPER}timeout_ms = 60000\n");
+    let _host = LinkHost::start(&s.base, "slowbox", &config).await;
+    wait_linked(&s.base, "slowbox").await;
+    let (mut ws, _) = s.ws(&s.admin, json!({})).await;
+    let id = ws
+        .ok(
+            json!({"op": "task.submit", "agent_type": "sleeper", "prompt": "zzz",
+                   "params": {"timeout_ms": 800}}),
+        )
+        .await["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let events = ws.until_terminal(&id).await;
+    let pid: u32 = events
+        .iter()
+        .find_map(|e| e["data"]["chunk"].as_str())
+        .expect("the sleeper printed its pid")
+        .trim()
+        .parse()
+        .unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last["data"]["state"], "failed", "{last}");
+    let (_, t) = s
+        .get(&format!("/api/runtime/tasks/{id}/state"), &s.admin)
+        .await;
+    let error = t["error"].as_str().unwrap_or_default();
+    assert!(error.contains("timed out"), "{t}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !process_gone(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pid {pid} still runs"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
