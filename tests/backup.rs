@@ -59,7 +59,7 @@ async fn a_backup_of_a_busy_node_restores_everything_acknowledged_before_it() {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
-    for token in developers(&node.base, WRITERS).await {
+    for token in common::durable::developers(&node.base, "writer", WRITERS).await {
         let (base, acked, stop) = (node.base.clone(), acked.clone(), stop.clone());
         writers.spawn(async move {
             let mut n = 0;
@@ -187,23 +187,6 @@ async fn backup_refuses_an_existing_file_and_postgres() {
     assert!(err.contains("no database"), "{err}");
     assert!(!missing.exists(), "backup does not create a database");
     server.stop().await;
-}
-
-/// `n` developers; their tokens.
-async fn developers(base: &str, n: usize) -> Vec<String> {
-    let mut tokens = Vec::new();
-    for i in 0..n {
-        let (status, body) = send(
-            http()
-                .post(format!("{base}/api/admin/users"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"user_id": format!("writer-{i}@test"), "roles": ["developer"]})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        tokens.push(body["token"].as_str().unwrap().to_owned());
-    }
-    tokens
 }
 
 /// Poll until `done` (the writers are on other threads).

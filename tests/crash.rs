@@ -11,20 +11,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::durable::*;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const CLIENTS: usize = 20;
 const PER_CLIENT: usize = 50;
 const KILLS: usize = 10;
-
-/// What a client was told: the task of a key, and the prompt it sent.
-#[derive(Debug, Clone)]
-struct Acked {
-    key: String,
-    task_id: String,
-    prompt: String,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_tasks_survive_ten_kill9s() {
@@ -34,7 +27,7 @@ async fn acknowledged_tasks_survive_ten_kill9s() {
     let addr = format!("127.0.0.1:{}", free_port());
     let args = ["--config", config.as_str()];
     let mut node = BinaryServer::start_at(&db, &addr, &args).await;
-    let tokens = users(&node.base, CLIENTS).await;
+    let tokens = developers(&node.base, "crash", CLIENTS).await;
 
     let clients = Clients::start(vec![node.base.clone()], tokens);
     for _ in 0..KILLS {
@@ -66,7 +59,7 @@ async fn acknowledged_tasks_survive_kill9s_of_cluster_nodes() {
             BinaryServer::start_on(&db.url, &addr, &args).await,
         ));
     }
-    let tokens = users(&nodes[0].1.base, CLIENTS).await;
+    let tokens = developers(&nodes[0].1.base, "crash", CLIENTS).await;
     let bases = nodes.iter().map(|(_, n)| n.base.clone()).collect();
     let clients = Clients::start(bases, tokens);
     for _ in 0..KILLS {
@@ -85,7 +78,7 @@ async fn acknowledged_tasks_survive_kill9s_of_cluster_nodes() {
     for (_, node) in nodes {
         node.kill9().await;
     }
-    check_postgres(&db.url, &acked).await;
+    check_postgres(&db.url, &acked, CLIENTS * PER_CLIENT).await;
 }
 
 /// A config file lifting the per-user limits, so that only kills refuse.
@@ -126,7 +119,11 @@ impl Clients {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     let key = format!("client-{c}-task-{k}");
                     let prompt = format!("payload {c}/{k} {}", rand::random::<u64>());
-                    let (task_id, tries) = submit_until_acked(&bases, &token, &key, &prompt).await;
+                    let body = json!({"agent_type": "echo", "prompt": prompt,
+                                      "idempotency_key": key, "params": {"chunk_size": 4}});
+                    let refusals = Mutex::new(Vec::new());
+                    let (task_id, tries) =
+                        submit_until_acked(&bases, 0, &token, &body, &refusals).await;
                     *retries.lock().unwrap() += tries - 1;
                     acked.lock().unwrap().push(Acked {
                         key,
@@ -163,54 +160,6 @@ impl Clients {
     }
 }
 
-/// `n` developers; their tokens.
-async fn users(base: &str, n: usize) -> Vec<String> {
-    let mut tokens = Vec::new();
-    for i in 0..n {
-        let (status, body) = send(
-            http()
-                .post(format!("{base}/api/admin/users"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"user_id": format!("crash-{i}@test"), "roles": ["developer"]})),
-        )
-        .await;
-        assert_eq!(status, 201, "{body}");
-        tokens.push(body["token"].as_str().unwrap().to_owned());
-    }
-    tokens
-}
-
-/// Submit until a node acknowledges (the same key every time, the next node
-/// after a failure); the task id and how many tries it took.
-async fn submit_until_acked(
-    bases: &[String],
-    token: &str,
-    key: &str,
-    prompt: &str,
-) -> (String, usize) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    for tries in 1.. {
-        let sent = client
-            .post(format!("{}/api/runtime/tasks/submit", bases[tries % bases.len()]))
-            .bearer_auth(token)
-            .json(&json!({"agent_type": "echo", "prompt": prompt, "idempotency_key": key, "params": {"chunk_size": 4}}))
-            .send()
-            .await;
-        if let Ok(resp) = sent {
-            if resp.status() == 200 {
-                if let Ok(body) = resp.json::<Value>().await {
-                    return (body["task_id"].as_str().unwrap().to_owned(), tries);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    unreachable!()
-}
-
 /// What the file holds after the last kill.
 fn check_file(db: &std::path::Path, acked: &[Acked]) {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -242,58 +191,5 @@ fn check_file(db: &std::path::Path, acked: &[Acked]) {
         .unwrap();
     assert_eq!((tasks, keys), ((CLIENTS * PER_CLIENT) as i64, tasks));
     // Every session's events are exactly 1..N.
-    let mut sessions = conn.prepare("SELECT sid FROM sessions").unwrap();
-    let sids: Vec<i64> = sessions
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for sid in sids {
-        let mut q = conn
-            .prepare("SELECT seq FROM events WHERE sid = ? ORDER BY seq")
-            .unwrap();
-        let seqs: Vec<i64> = q
-            .query_map([sid], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
-        assert_eq!(seqs, expected, "session {sid} has a gap or a duplicate");
-    }
-}
-
-/// What the database holds after the last kill: the same checks as
-/// [`check_file`], on PostgreSQL's tables.
-async fn check_postgres(url: &str, acked: &[Acked]) {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    for a in acked {
-        let id: uuid::Uuid = a.task_id.parse().unwrap();
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT prompt, idempotency_key FROM tasks WHERE task_id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        let (prompt, key) = row.unwrap_or_else(|| panic!("acknowledged task {id} is lost"));
-        assert_eq!(
-            (prompt.as_str(), key.as_deref()),
-            (a.prompt.as_str(), Some(a.key.as_str()))
-        );
-    }
-    let (tasks, keys): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(DISTINCT user_id || ' ' || idempotency_key) FROM tasks",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!((tasks, keys), ((CLIENTS * PER_CLIENT) as i64, tasks));
-    let gaps: Vec<(uuid::Uuid, i64, i64, i64)> = sqlx::query_as(
-        "SELECT session_id, COUNT(*), MIN(seq), MAX(seq) FROM events GROUP BY session_id \
-         HAVING MIN(seq) <> 1 OR MAX(seq) <> COUNT(*)",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert!(gaps.is_empty(), "sessions with a gap: {gaps:?}");
-    pool.close().await;
+    check_sqlite_streams(&conn);
 }

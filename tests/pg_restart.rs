@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::durable::*;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -229,8 +230,13 @@ async fn a_postgres_crash_under_load_loses_nothing_acknowledged() {
                 let prompt = format!("payload {c}/{k} {}", rand::random::<u64>());
                 let body = json!({"agent_type": "echo", "prompt": prompt, "idempotency_key": key,
                                   "session_id": session, "params": {"chunk_size": 8}});
-                let id = submit_until_acked(&bases, c + k, &body, &refusals).await;
-                acked.push((id, key, prompt));
+                let (task_id, _) =
+                    submit_until_acked(&bases, c + k, ADMIN_TOKEN, &body, &refusals).await;
+                acked.push(Acked {
+                    key,
+                    task_id,
+                    prompt,
+                });
             }
             acked
         });
@@ -255,16 +261,16 @@ async fn a_postgres_crash_under_load_loses_nothing_acknowledged() {
         );
     }
     // No task left hanging: each ends, completed or failed with a reason.
-    for (i, (id, _, _)) in acked.iter().enumerate() {
+    for (i, a) in acked.iter().enumerate() {
         let node = &nodes[i % 3];
         let t = node
-            .wait_task(id, WAIT, |t| {
+            .wait_task(&a.task_id, WAIT, |t| {
                 ["completed", "failed"].contains(&t["state"].as_str().unwrap_or(""))
             })
             .await;
         assert!(t["state"] == "completed" || t["error"].is_string(), "{t}");
     }
-    check_database(&pg.url(), &acked).await;
+    check_postgres(&pg.url(), &acked, CLIENTS * PER_CLIENT).await;
 
     // Every stream, received live across the crash, is exactly 1..N.
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
@@ -309,73 +315,4 @@ async fn a_postgres_crash_under_load_loses_nothing_acknowledged() {
         node.wait_task(id, WAIT, |t| t["state"] == "completed")
             .await;
     }
-}
-
-/// Submit `body` until a node acknowledges it, starting at node `first`
-/// and moving on after each failure; HTTP refusals are recorded.
-async fn submit_until_acked(
-    bases: &[String],
-    first: usize,
-    body: &Value,
-    refusals: &Mutex<Vec<(u16, Value)>>,
-) -> String {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    for tries in first.. {
-        let url = format!("{}/api/runtime/tasks/submit", bases[tries % bases.len()]);
-        if let Ok(resp) = client
-            .post(url)
-            .bearer_auth(ADMIN_TOKEN)
-            .json(body)
-            .send()
-            .await
-        {
-            let status = resp.status().as_u16();
-            let reply: Value = resp.json().await.unwrap_or(Value::Null);
-            if status == 200 {
-                return reply["task_id"].as_str().unwrap().to_owned();
-            }
-            refusals.lock().unwrap().push((status, reply));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    unreachable!()
-}
-
-/// Every acknowledged task with its exact prompt, one task per key, every
-/// session's events 1..N.
-async fn check_database(url: &str, acked: &[(String, String, String)]) {
-    let pool = sqlx::PgPool::connect(url).await.unwrap();
-    for (id, key, prompt) in acked {
-        let uuid: uuid::Uuid = id.parse().unwrap();
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT prompt, idempotency_key FROM tasks WHERE task_id = $1")
-                .bind(uuid)
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        let (p, k) = row.unwrap_or_else(|| panic!("acknowledged task {id} is lost"));
-        assert!(
-            p == *prompt && k.as_deref() == Some(key.as_str()),
-            "task {id}"
-        );
-    }
-    let (tasks, keys): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(DISTINCT idempotency_key) FROM tasks WHERE idempotency_key IS NOT NULL",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!((tasks, keys), ((CLIENTS * PER_CLIENT) as i64, tasks));
-    let gaps: Vec<(uuid::Uuid, i64, i64)> = sqlx::query_as(
-        "SELECT session_id, COUNT(*), MAX(seq) FROM events GROUP BY session_id \
-         HAVING MIN(seq) <> 1 OR MAX(seq) <> COUNT(*)",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    assert!(gaps.is_empty(), "sessions with a gap: {gaps:?}");
-    pool.close().await;
 }

@@ -271,14 +271,27 @@ pub fn event_frame(
         buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         buf.extend_from_slice(br#","type":""#);
         buf.extend_from_slice(kind.as_bytes());
-        buf.extend_from_slice(br#"","data":"#);
-        buf.extend_from_slice(data.as_bytes());
-        buf.extend_from_slice(br#","task_id":""#);
-        buf.extend_from_slice(task_id.hyphenated().encode_lower(&mut ids).as_bytes());
-        buf.extend_from_slice(br#"","at":""#);
-        buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
-        buf.extend_from_slice(br#""}"#);
+        buf.push(b'"');
+        write_event_tail(buf, data, task_id, at);
     })
+}
+
+/// `,"data":<data>,"task_id":"<id>","at":"<time>"}`: how every task event
+/// frame ends.
+fn write_event_tail(
+    buf: &mut Vec<u8>,
+    data: &str,
+    task_id: Uuid,
+    at: &chrono::DateTime<chrono::Utc>,
+) {
+    let mut ids = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    buf.extend_from_slice(br#","data":"#);
+    buf.extend_from_slice(data.as_bytes());
+    buf.extend_from_slice(br#","task_id":""#);
+    buf.extend_from_slice(task_id.hyphenated().encode_lower(&mut ids).as_bytes());
+    buf.extend_from_slice(br#"","at":""#);
+    buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
+    buf.extend_from_slice(br#""}"#);
 }
 
 /// An event's `data` object, serialized.
@@ -309,13 +322,7 @@ pub fn tasks_event_frame(
         buf.extend_from_slice(session_id.hyphenated().encode_lower(&mut ids).as_bytes());
         buf.extend_from_slice(br#"","session_seq":"#);
         buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-        buf.extend_from_slice(br#","data":"#);
-        buf.extend_from_slice(data.as_bytes());
-        buf.extend_from_slice(br#","task_id":""#);
-        buf.extend_from_slice(task_id.hyphenated().encode_lower(&mut ids).as_bytes());
-        buf.extend_from_slice(br#"","at":""#);
-        buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
-        buf.extend_from_slice(br#""}"#);
+        write_event_tail(buf, data, task_id, at);
     })
 }
 
