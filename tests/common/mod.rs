@@ -4,7 +4,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chaos;
 pub mod host;
+pub mod resume_client;
 pub mod tls;
 
 use std::collections::VecDeque;
