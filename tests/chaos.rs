@@ -295,7 +295,7 @@ async fn wait_no_presence(node: &BinaryServer) {
 fn node_closes(node: &BinaryServer, proxy: &ChaosProxy, f: &mut Figures) {
     let log = node.log.lock().unwrap().clone();
     let mut closed: HashMap<SocketAddr, SystemTime> = HashMap::new();
-    for line in log.lines().filter(|l| l.contains("heartbeat timeout")) {
+    for line in log.lines().filter(|l| l.contains("peer silent for two heartbeats")) {
         let (at, peer) = parse_timeout_line(line);
         closed.insert(peer, at);
     }
@@ -311,7 +311,7 @@ fn node_closes(node: &BinaryServer, proxy: &ChaosProxy, f: &mut Figures) {
     f.live_dropped = closed.into_keys().collect();
 }
 
-/// `2025-…Z  INFO …: heartbeat timeout … peer=127.0.0.1:PORT …`.
+/// `2025-…Z  INFO …: peer silent for two heartbeats; … peer=127.0.0.1:PORT …`.
 fn parse_timeout_line(line: &str) -> (SystemTime, SocketAddr) {
     let stamp = line.split_whitespace().next().unwrap();
     let at = chrono::DateTime::parse_from_rfc3339(stamp)
@@ -321,7 +321,7 @@ fn parse_timeout_line(line: &str) -> (SystemTime, SocketAddr) {
         .split("peer=")
         .nth(1)
         .and_then(|p| p.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
+        .and_then(|p| p.trim_matches('"').parse().ok())
         .unwrap_or_else(|| panic!("no peer in {line}"));
     (at, peer)
 }

@@ -110,6 +110,7 @@ async fn attach(
             inflight: 0,
             pending_subs: 0,
             heartbeat: Box::pin(tokio::time::sleep_until(next_beat(period, expires))),
+            next_ping: Instant::now() + period,
             period,
             expires,
             exit: None,
@@ -158,7 +159,10 @@ struct Session {
     max_inflight: usize,
     max_subs: usize,
     frames: crate::throttle::FrameLimiter,
+    /// Fires at the next ping, silence deadline or expiry (see `beat`).
     heartbeat: Pin<Box<Sleep>>,
+    /// When the next ping is due.
+    next_ping: Instant,
     period: Duration,
     expires: Option<Instant>,
     exit: Option<Exit>,
@@ -323,26 +327,37 @@ impl Conn {
         }
     }
 
-    /// Heartbeats and token expiry; true when the timer fired.
+    /// Heartbeats, the silence deadline and token expiry; true when the
+    /// timer fired. The timer is set to whichever comes first: the next
+    /// ping, two intervals after the peer's last sign of life, or expiry,
+    /// so a silent peer is dropped two intervals after it went quiet (not
+    /// at the next ping after that).
     fn beat(&mut self, cx: &mut Context<'_>) -> bool {
         if self.s.heartbeat.as_mut().poll(cx).is_pending() {
             return false;
         }
         let now = Instant::now();
+        let silent_until = self.io.last_seen + 2 * self.s.period;
         if self.s.expires.is_some_and(|e| now >= e) {
             self.s
                 .exit
                 .get_or_insert(Exit::Close(close::UNAUTHORIZED, "token expired"));
-        } else if now.duration_since(self.io.last_seen) > 2 * self.s.period {
+        } else if now >= silent_until {
             tracing::info!(session = %self.s.session_id, user = %self.s.principal.user_id,
+                peer = %self.s.principal.peer.as_deref().unwrap_or("-"),
                 "peer silent for two heartbeats; dropping it");
             self.s
                 .exit
                 .get_or_insert(Exit::Close(close::GOING_AWAY, "heartbeat timeout"));
-        } else {
-            self.io.queue(&Frame::control(OpCode::Ping, b""));
+        } else if now >= self.s.next_ping {
+            // Ahead of queued events: its pong should not wait for them.
+            self.io.queue_first(&Frame::control(OpCode::Ping, b""));
+            self.s.next_ping = now + self.s.period;
         }
-        let next = next_beat(self.s.period, self.s.expires);
+        let mut next = self.s.next_ping.min(silent_until.max(now));
+        if let Some(e) = self.s.expires {
+            next = next.min(e);
+        }
         self.s.heartbeat.as_mut().reset(next);
         true
     }
