@@ -12,13 +12,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::chaos::ChaosProxy;
+use common::chaos::{ChaosProxy, Doom, silent_drops};
 use common::resume_client::{self, Report, ResumeClient};
 use common::*;
 use serde_json::json;
@@ -145,7 +144,7 @@ async fn run(plan: Plan) -> Figures {
     let rss_max = Arc::new(AtomicU64::new(f.rss_before_kib));
     let sampler = tokio::spawn(sample_rss(pid, rss_max.clone()));
     let addr: SocketAddr = node.base.trim_start_matches("http://").parse().unwrap();
-    let proxy = ChaosProxy::start(addr).await;
+    let proxy = ChaosProxy::start(addr, Doom::Random).await;
     let (targets, clients) = start_clients(&proxy, &sessions, plan);
     let tasks = submit_tasks(&node, &sessions, plan).await;
     proxy.calm();
@@ -291,14 +290,9 @@ async fn wait_no_presence(node: &BinaryServer) {
     }
 }
 
-/// Match the node's "heartbeat timeout" log lines with the blackholes.
+/// Match the node's "peer silent" log lines with the blackholes.
 fn node_closes(node: &BinaryServer, proxy: &ChaosProxy, f: &mut Figures) {
-    let log = node.log.lock().unwrap().clone();
-    let mut closed: HashMap<SocketAddr, SystemTime> = HashMap::new();
-    for line in log.lines().filter(|l| l.contains("peer silent for two heartbeats")) {
-        let (at, peer) = parse_timeout_line(line);
-        closed.insert(peer, at);
-    }
+    let mut closed = silent_drops(&node.log.lock().unwrap());
     let holes = proxy.log.blackholed.lock().unwrap().clone();
     for (peer, began) in &holes {
         match closed.remove(peer) {
@@ -309,21 +303,6 @@ fn node_closes(node: &BinaryServer, proxy: &ChaosProxy, f: &mut Figures) {
         }
     }
     f.live_dropped = closed.into_keys().collect();
-}
-
-/// `2025-…Z  INFO …: peer silent for two heartbeats; … peer=127.0.0.1:PORT …`.
-fn parse_timeout_line(line: &str) -> (SystemTime, SocketAddr) {
-    let stamp = line.split_whitespace().next().unwrap();
-    let at = chrono::DateTime::parse_from_rfc3339(stamp)
-        .unwrap_or_else(|e| panic!("{e}: {line}"))
-        .into();
-    let peer = line
-        .split("peer=")
-        .nth(1)
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|p| p.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("no peer in {line}"));
-    (at, peer)
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -47,8 +47,35 @@ pub struct ChaosLog {
     pub blackholed: Mutex<HashMap<SocketAddr, SystemTime>>,
 }
 
-/// A proxy in front of a node, cutting each connection 0.5 to 3 s after it
-/// was made, until [`ChaosProxy::calm`] is called.
+/// When and how the proxy breaks a new connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Doom {
+    /// 0.5 to 3 s after it was made, reset or blackhole at even odds.
+    Random,
+    /// This long after it was made, this way.
+    Fixed(Duration, Fate),
+}
+
+impl Doom {
+    fn pick(self) -> (Duration, Fate) {
+        match self {
+            Doom::Fixed(after, fate) => (after, fate),
+            Doom::Random => {
+                let mut rng = rand::rng();
+                let after = Duration::from_millis(rng.random_range(500..=3000));
+                let fate = if rng.random_bool(0.5) {
+                    Fate::Reset
+                } else {
+                    Fate::Blackhole
+                };
+                (after, fate)
+            }
+        }
+    }
+}
+
+/// A proxy in front of a node that breaks each connection as its [`Doom`]
+/// says, until [`ChaosProxy::calm`] is called.
 pub struct ChaosProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
@@ -62,7 +89,7 @@ pub struct ChaosProxy {
 
 impl ChaosProxy {
     /// Start a proxy in front of `target`.
-    pub async fn start(target: SocketAddr) -> Self {
+    pub async fn start(target: SocketAddr, doom: Doom) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(ChaosLog::default());
@@ -71,6 +98,7 @@ impl ChaosProxy {
         let accept = tokio::spawn(accept_loop(
             listener,
             target,
+            doom,
             log.clone(),
             calm.clone(),
             tasks.clone(),
@@ -106,27 +134,19 @@ impl Drop for ChaosProxy {
 async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
+    doom: Doom,
     log: Arc<ChaosLog>,
     calm: Arc<AtomicBool>,
     tasks: Arc<Mutex<JoinSet<()>>>,
 ) {
     while let Ok((inbound, _)) = listener.accept().await {
         log.connections.fetch_add(1, Ordering::Relaxed);
-        let doom = (!calm.load(Ordering::SeqCst)).then(|| {
-            let mut rng = rand::rng();
-            let after = Duration::from_millis(rng.random_range(500..=3000));
-            let fate = if rng.random_bool(0.5) {
-                Fate::Reset
-            } else {
-                Fate::Blackhole
-            };
-            (after, fate)
-        });
+        let fate = (!calm.load(Ordering::SeqCst)).then(|| doom.pick());
         let log = log.clone();
         let mut set = tasks.lock().unwrap();
         // Forget the connections that are over.
         while set.try_join_next().is_some() {}
-        set.spawn(pipe(inbound, target, doom, log));
+        set.spawn(pipe(inbound, target, fate, log));
     }
 }
 
@@ -175,4 +195,26 @@ async fn connect_small(target: SocketAddr) -> std::io::Result<TcpStream> {
     let s = tokio::net::TcpSocket::new_v4()?;
     s.set_recv_buffer_size(UPSTREAM_RCVBUF as u32)?;
     s.connect(target).await
+}
+
+/// When the node dropped each peer for silence, by peer address, from its
+/// log lines (`2025-…Z  INFO …: peer silent for two heartbeats; …
+/// peer=127.0.0.1:PORT`). The node's clock is this machine's.
+pub fn silent_drops(log: &str) -> HashMap<SocketAddr, SystemTime> {
+    log.lines()
+        .filter(|l| l.contains("peer silent for two heartbeats"))
+        .map(|line| {
+            let stamp = line.split_whitespace().next().unwrap();
+            let at = chrono::DateTime::parse_from_rfc3339(stamp)
+                .unwrap_or_else(|e| panic!("{e}: {line}"))
+                .into();
+            let peer = line
+                .split("peer=")
+                .nth(1)
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|p| p.trim_matches('"').parse().ok())
+                .unwrap_or_else(|| panic!("no peer in {line}"));
+            (peer, at)
+        })
+        .collect()
 }

@@ -1,6 +1,8 @@
-//! A live peer on a slow link is not taken for a dead one: a client with a
-//! 4 KiB receive buffer that reads a long catch-up slowly but steadily is
-//! never dropped as silent, and gets every event once, in order.
+//! Heartbeats tell a dead peer from a slow one: a client with a 4 KiB
+//! receive buffer that reads a long catch-up slowly but steadily is never
+//! dropped as silent and gets every event once, in order; a peer whose
+//! path goes silent (a proxy that stops forwarding without closing) is
+//! dropped two heartbeat intervals after its last sign of life.
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use common::chaos::{ChaosProxy, Doom, Fate, silent_drops};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -171,4 +174,58 @@ async fn a_slow_steady_reader_is_not_dropped() {
         started.elapsed().as_millis() / HEARTBEAT_MS as u128
     );
     server.stop().await;
+}
+
+/// A peer behind a proxy that stops forwarding both ways (sockets left
+/// open) while its session streams events is dropped by the node within
+/// two heartbeat intervals of the blackhole; an idle live peer on the same
+/// node is not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_peer_is_dropped_within_two_heartbeats() {
+    let period = Duration::from_millis(500);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[limits]\nheartbeat_ms = 500\n").unwrap();
+    let node = BinaryServer::start(&db_in(&dir), &["--config", config.to_str().unwrap()]).await;
+    let addr = node.base.trim_start_matches("http://").parse().unwrap();
+    let hole = Duration::from_secs(1);
+    let proxy = ChaosProxy::start(addr, Doom::Fixed(hole, Fate::Blackhole)).await;
+    let mut doomed = WsClient::connect(&proxy.ws_url()).await;
+    let hello = doomed
+        .ok(json!({"op": "hello", "token": ADMIN_TOKEN}))
+        .await;
+    let (live, _) = node.ws(ADMIN_TOKEN, json!({})).await;
+    // Events keep coming for the doomed session: writes into a dead path
+    // must not pass for a sign of life.
+    let body = json!({"agent_type": "echo", "prompt": "d".repeat(500),
+        "params": {"chunk_size": 1, "delay_ms": 20}, "session_id": hello["session_id"]});
+    let (status, _) = node
+        .post("/api/runtime/tasks/submit", ADMIN_TOKEN, body)
+        .await;
+    assert_eq!(status, 200);
+    // Both clients answer pings as long as they read.
+    let readers = [doomed, live].map(|mut ws| tokio::spawn(async move { ws.closed().await }));
+    let deadline = Instant::now() + WAIT;
+    let (peer, delay) = loop {
+        let holes = proxy.log.blackholed.lock().unwrap().clone();
+        if let Some((&peer, &began)) = holes.iter().next() {
+            if let Some(&at) = silent_drops(&node.log.lock().unwrap()).get(&peer) {
+                break (peer, at.duration_since(began).unwrap_or_default());
+            }
+        }
+        assert!(Instant::now() < deadline, "the blackholed peer was never dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        delay <= 2 * period + period / 2,
+        "{peer} was dropped {delay:?} after its path went silent (heartbeat {period:?})"
+    );
+    eprintln!("the blackholed peer was dropped {delay:?} after the blackhole");
+    // The live peer outlives a few more intervals.
+    tokio::time::sleep(4 * period).await;
+    let drops = silent_drops(&node.log.lock().unwrap());
+    assert_eq!(drops.len(), 1, "a live peer was dropped: {drops:?}");
+    for r in readers {
+        r.abort();
+    }
 }
