@@ -250,9 +250,14 @@ async fn set_targets(
     let mut lasts = Vec::with_capacity(sessions.len());
     for (seat, tx) in sessions.iter().zip(targets) {
         let (_, body) = node
-            .get(&format!("/api/runtime/sessions/{}", seat.session), &seat.token)
+            .get(
+                &format!("/api/runtime/sessions/{}", seat.session),
+                &seat.token,
+            )
             .await;
-        let last = body["last_seq"].as_i64().unwrap_or_else(|| panic!("{body}"));
+        let last = body["last_seq"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{body}"));
         tx.send_replace(Some(last));
         lasts.push(last);
     }
@@ -356,10 +361,26 @@ fn print(f: &Figures, plan: Plan) {
          blackholed peer closed by the node after: median {:?}, max {:?} (2 intervals = {:?}) \
          | live peers dropped {} | never closed {}\n\
          node RSS: before {} KiB, max {} KiB, after {} KiB",
-        plan.clients, plan.tasks, plan.chaos, plan.heartbeat,
-        f.events, f.connections, f.resets, f.blackholes, f.client_broken,
-        f.client_timed_out, f.failed_connects, f.resumes, f.max_catch_up,
-        pct(0.5), pct(1.0), 2 * plan.heartbeat, f.live_dropped.len(), f.never_closed.len(),
-        f.rss_before_kib, f.rss_max_kib, f.rss_after_kib,
+        plan.clients,
+        plan.tasks,
+        plan.chaos,
+        plan.heartbeat,
+        f.events,
+        f.connections,
+        f.resets,
+        f.blackholes,
+        f.client_broken,
+        f.client_timed_out,
+        f.failed_connects,
+        f.resumes,
+        f.max_catch_up,
+        pct(0.5),
+        pct(1.0),
+        2 * plan.heartbeat,
+        f.live_dropped.len(),
+        f.never_closed.len(),
+        f.rss_before_kib,
+        f.rss_max_kib,
+        f.rss_after_kib,
     );
 }

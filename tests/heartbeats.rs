@@ -77,10 +77,7 @@ impl AsyncWrite for Throttled {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -114,15 +111,26 @@ async fn session_with_events(server: &TestServer, chunks: usize) -> (String, i64
 }
 
 /// A client with a 4 KiB receive buffer reading about 80 KB/s replays a
-/// stored stream of several megabytes (about a minute of reading, some 250
-/// heartbeat intervals): the node keeps it (no close, no reset), every
-/// event arrives once and in order, and the connection still answers ops.
+/// stored stream of 3,000 events (about 8 s of reading, some 40 heartbeat
+/// intervals): the node keeps it (no close, no reset), every event arrives
+/// once and in order, and the connection still answers ops afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_steady_reader_is_not_dropped() {
+    slow_read(3000).await;
+}
+
+/// The issue's case: a 20,000-event catch-up read this way (about a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about 70 s: cargo test --test heartbeats -- --ignored --nocapture"]
+async fn a_slow_reader_reads_a_20000_event_catch_up() {
+    slow_read(20_000).await;
+}
+
+async fn slow_read(chunks: usize) {
     let mut file = FileConfig::default();
     file.limits.heartbeat_ms = HEARTBEAT_MS;
     let server = TestServer::spawn_with(file).await;
-    let (session, last) = session_with_events(&server, 3000).await;
+    let (session, last) = session_with_events(&server, chunks).await;
     let addr = server.base.trim_start_matches("http://").parse().unwrap();
     let stream = Throttled::new(small_socket(addr));
     let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url.as_str(), stream)
@@ -132,20 +140,32 @@ async fn a_slow_steady_reader_is_not_dropped() {
         "session_id": session, "after_seq": 0});
     ws.send(Message::text(hello.to_string())).await.unwrap();
     let started = Instant::now();
+    let seqs = read_events(&mut ws, last).await;
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+    let took = started.elapsed();
+    still_answers(&mut ws).await;
+    let beats = took.as_millis() / HEARTBEAT_MS as u128;
+    eprintln!("{last} events read in {took:?} ({beats} heartbeat intervals)");
+    server.stop().await;
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<Throttled>;
+
+/// Event seqs until `last`; panics if the node closes or resets.
+async fn read_events(ws: &mut Ws, last: i64) -> Vec<i64> {
     let mut seqs = Vec::new();
     while seqs.last() != Some(&last) {
+        let n = seqs.len();
         let msg = tokio::time::timeout(WAIT, ws.next())
             .await
             .expect("no frame for 30 s")
-            .unwrap_or_else(|| panic!("stream ended after {} events", seqs.len()))
-            .unwrap_or_else(|e| panic!("error after {} events: {e}", seqs.len()));
+            .unwrap_or_else(|| panic!("stream ended after {n} events"))
+            .unwrap_or_else(|e| panic!("error after {n} events: {e}"));
         let text = match msg {
             Message::Text(t) => t,
-            Message::Close(c) => panic!(
-                "the node closed a live slow reader after {} of {last} events, {:?} in: {c:?}",
-                seqs.len(),
-                started.elapsed()
-            ),
+            Message::Close(c) => {
+                panic!("the node closed a live slow reader after {n} events: {c:?}")
+            }
             _ => continue,
         };
         let v: Value = serde_json::from_str(text.as_str()).unwrap();
@@ -153,27 +173,26 @@ async fn a_slow_steady_reader_is_not_dropped() {
             seqs.push(v["seq"].as_i64().unwrap());
         }
     }
-    assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
-    // The connection is still open and answering.
-    ws.send(Message::text(r#"{"op":"ping","id":2}"#)).await.unwrap();
+    seqs
+}
+
+/// The connection is still open: a `ping` op gets its reply.
+async fn still_answers(ws: &mut Ws) {
+    ws.send(Message::text(r#"{"op":"ping","id":2}"#))
+        .await
+        .unwrap();
     loop {
         let msg = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
         if let Some(Ok(Message::Text(t))) = msg {
             let v: Value = serde_json::from_str(t.as_str()).unwrap();
             if v["id"] == 2 {
                 assert_eq!(v["result"]["pong"], true, "{v}");
-                break;
+                return;
             }
         } else if !matches!(msg, Some(Ok(Message::Ping(_) | Message::Pong(_)))) {
-            panic!("connection ended after the catch-up: {msg:?}");
+            panic!("the node dropped the reader after its catch-up: {msg:?}");
         }
     }
-    eprintln!(
-        "{last} events read in {:?} ({} heartbeat intervals)",
-        started.elapsed(),
-        started.elapsed().as_millis() / HEARTBEAT_MS as u128
-    );
-    server.stop().await;
 }
 
 /// A peer behind a proxy that stops forwarding both ways (sockets left
@@ -213,7 +232,10 @@ async fn a_blackholed_peer_is_dropped_within_two_heartbeats() {
                 break (peer, at.duration_since(began).unwrap_or_default());
             }
         }
-        assert!(Instant::now() < deadline, "the blackholed peer was never dropped");
+        assert!(
+            Instant::now() < deadline,
+            "the blackholed peer was never dropped"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
