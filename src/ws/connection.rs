@@ -13,7 +13,6 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -35,6 +34,7 @@ use crate::runtime::AckTo;
 use crate::ws::close;
 use crate::ws::dispatch::dispatch;
 use crate::ws::frame::{Frame, Incoming, OpCode};
+use crate::ws::heartbeat::{Beat, Heartbeat};
 use crate::ws::hello::{self, send_close};
 use crate::ws::io::{Io, ReadEnd};
 
@@ -109,17 +109,10 @@ async fn attach(
             outgoing: Vec::new(),
             inflight: 0,
             pending_subs: 0,
-            heartbeat: Box::pin(tokio::time::sleep_until(next_beat(period, expires))),
-            period,
-            expires,
+            heartbeat: Heartbeat::new(period, expires),
             exit: None,
         },
     })
-}
-
-fn next_beat(period: Duration, expires: Option<Instant>) -> Instant {
-    let beat = Instant::now() + period;
-    expires.map_or(beat, |e| beat.min(e))
 }
 
 /// How the loop ended.
@@ -158,9 +151,7 @@ struct Session {
     max_inflight: usize,
     max_subs: usize,
     frames: crate::throttle::FrameLimiter,
-    heartbeat: Pin<Box<Sleep>>,
-    period: Duration,
-    expires: Option<Instant>,
+    heartbeat: Heartbeat,
     exit: Option<Exit>,
 }
 
@@ -323,27 +314,27 @@ impl Conn {
         }
     }
 
-    /// Heartbeats and token expiry; true when the timer fired.
+    /// Heartbeats, the silence deadline and token expiry; true when
+    /// something was due.
     fn beat(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.s.heartbeat.as_mut().poll(cx).is_pending() {
+        let Poll::Ready(beat) = self.s.heartbeat.poll(cx, self.io.last_seen) else {
             return false;
-        }
-        let now = Instant::now();
-        if self.s.expires.is_some_and(|e| now >= e) {
-            self.s
-                .exit
-                .get_or_insert(Exit::Close(close::UNAUTHORIZED, "token expired"));
-        } else if now.duration_since(self.io.last_seen) > 2 * self.s.period {
-            tracing::info!(session = %self.s.session_id, user = %self.s.principal.user_id,
-                "peer silent for two heartbeats; dropping it");
-            self.s
-                .exit
-                .get_or_insert(Exit::Close(close::GOING_AWAY, "heartbeat timeout"));
-        } else {
-            self.io.queue(&Frame::control(OpCode::Ping, b""));
-        }
-        let next = next_beat(self.s.period, self.s.expires);
-        self.s.heartbeat.as_mut().reset(next);
+        };
+        let exit = match beat {
+            Beat::Expired => Exit::Close(close::UNAUTHORIZED, "token expired"),
+            Beat::Silent => {
+                tracing::info!(session = %self.s.session_id, user = %self.s.principal.user_id,
+                    peer = %self.s.principal.peer.as_deref().unwrap_or("-"),
+                    "peer silent for two heartbeats; dropping it");
+                Exit::Close(close::GOING_AWAY, "heartbeat timeout")
+            }
+            Beat::Ping => {
+                // Ahead of queued events: its pong should not wait for them.
+                self.io.queue_first(&Frame::control(OpCode::Ping, b""));
+                return true;
+            }
+        };
+        self.s.exit.get_or_insert(exit);
         true
     }
 

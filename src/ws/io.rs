@@ -24,6 +24,13 @@ const SCRATCH: usize = 64 * 1024;
 const MAX_SLICES: usize = 64;
 /// Reads per poll before letting other connections run.
 const READS_PER_POLL: usize = 4;
+/// Unsent bytes the kernel may hold for a socket (`TCP_NOTSENT_LOWAT`).
+/// Without it the kernel takes up to its send buffer (MiBs) and wakes a
+/// writer only once half of that is free: a peer reading slowly could be
+/// acknowledging data for many heartbeats before the node saw any sign of
+/// it, and a ping would wait behind all of it. With it, a writer is woken
+/// each time the peer has taken a few KiB, which [`Io::last_seen`] counts.
+const NOTSENT_LOWAT: u32 = 16 * 1024;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
@@ -60,6 +67,8 @@ impl Io {
     /// Wrap an upgraded socket. `leftover` is copied out: it is a slice of
     /// hyper's read buffer and would keep all of it alive.
     pub fn new(stream: TcpStream, leftover: Bytes, max_message: usize) -> Self {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         Io {
             stream,
             decoder: Decoder::new(max_message),
@@ -80,6 +89,14 @@ impl Io {
     pub fn queue(&mut self, frame: &Frame) {
         self.out_bytes += frame.len();
         self.out.push_back(frame.wire().clone());
+    }
+
+    /// Queue a control frame (a ping) ahead of the frames not yet begun,
+    /// so that it waits only for the frame on the wire, not for a backlog.
+    pub fn queue_first(&mut self, frame: &Frame) {
+        self.out_bytes += frame.len();
+        let at = usize::from(self.written > 0).min(self.out.len());
+        self.out.insert(at, frame.wire().clone());
     }
 
     /// Read what the socket has and decode it, calling `on` for each

@@ -10,6 +10,7 @@ mod connection;
 mod dispatch;
 pub mod echo;
 pub mod frame;
+mod heartbeat;
 mod hello;
 mod io;
 

@@ -4,8 +4,10 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chaos;
 pub mod durable;
 pub mod host;
+pub mod resume_client;
 pub mod tls;
 
 use std::collections::VecDeque;
