@@ -71,7 +71,21 @@ async fn pruned_session(server: &TestServer) -> (WsClient, String, i64, String, 
 /// the REST listing, `hello`, `subscribe` and SSE (`event: pruned` first).
 #[tokio::test]
 async fn a_resume_into_pruned_events_is_told_earliest_seq_never_a_gap() {
-    let server = pruning_node("1s").await;
+    resume_into_pruned_events(pruning_node("1s").await).await;
+}
+
+/// The same on a PostgreSQL node (skipped without `SWITCHBOARD_TEST_POSTGRES_URL`).
+#[tokio::test]
+async fn postgres_a_resume_into_pruned_events_is_told_earliest_seq() {
+    let Some(db) = PgDb::create().await else {
+        return;
+    };
+    let cfg = "[retention]\nevents = \"1s\"\nprune_every = \"1s\"\n";
+    let server = TestServer::spawn_on(&db.url, FileConfig::parse(cfg).unwrap()).await;
+    resume_into_pruned_events(server).await;
+}
+
+async fn resume_into_pruned_events(server: TestServer) {
     let (_ws, session, a, done_id, waiting_id) = pruned_session(&server).await;
 
     // REST: the listing starts at earliest_seq; from inside the kept range, no signal.
@@ -270,4 +284,91 @@ async fn without_retention_nothing_is_removed() {
     assert_eq!(verify["ok"], true, "{verify}");
     assert!(verify.get("first_seq").is_none(), "{verify}");
     server.stop().await;
+}
+
+/// Tasks submitted continuously while the pruner runs keep every event
+/// inside the window: each client's live stream is 1, 2, 3, ... with no
+/// `stream.pruned`, and every task read back before its window could have
+/// passed still has all its events, the ones seen live. (No timing is
+/// assumed: a task is checked only when the read started less than the
+/// window after the task ended, by the node's own clock, which is before
+/// any prune could have taken it.)
+#[tokio::test]
+async fn a_prune_racing_live_appends_loses_nothing_inside_the_window() {
+    let server = std::sync::Arc::new(pruning_node("2s").await);
+    let clients = (0..3).map(|_| {
+        let server = server.clone();
+        tokio::spawn(async move { submit_until_pruned(&server).await })
+    });
+    let mut checked = 0;
+    for c in clients.collect::<Vec<_>>() {
+        checked += c.await.unwrap();
+    }
+    assert!(checked > 0, "no task was read back inside its window");
+    std::sync::Arc::into_inner(server).unwrap().stop().await;
+}
+
+/// Submit echo tasks on one session until a prune cut its stream; check
+/// each task as it ends. Returns how many tasks were checked.
+async fn submit_until_pruned(server: &TestServer) -> usize {
+    let window = chrono::Duration::seconds(2);
+    let (mut ws, hello) = server.ws(&server.admin, json!({})).await;
+    let session = hello["session_id"].as_str().unwrap().to_owned();
+    let mut next = 1;
+    let mut checked = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let t = ws
+            .ok(
+                json!({"op": "task.submit", "agent_type": "echo", "prompt": "racing the pruner",
+                       "params": {"chunk_size": 3}}),
+            )
+            .await;
+        let id = t["task_id"].as_str().unwrap();
+        let live = ws.until_terminal(id).await;
+        assert!(
+            live.iter().all(|e| e["type"] != "stream.pruned"),
+            "{live:?}"
+        );
+        let all = seqs(&live);
+        assert_eq!(all, (next..next + all.len() as i64).collect::<Vec<_>>());
+        next += all.len() as i64;
+        let ended: chrono::DateTime<chrono::Utc> = live.last().unwrap()["at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let read_at = chrono::Utc::now();
+        let (_, task) = server
+            .get(&format!("/api/runtime/tasks/{id}"), &server.admin)
+            .await;
+        if read_at < ended + window {
+            let stored: Vec<i64> = task["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_i64().unwrap())
+                .collect();
+            let mine: Vec<i64> = live
+                .iter()
+                .filter(|e| e["task_id"] == id)
+                .map(|e| e["seq"].as_i64().unwrap())
+                .collect();
+            assert_eq!(stored, mine, "task {id} lost events inside the window");
+            checked += 1;
+        }
+        let (_, list) = server
+            .get(
+                &format!("/api/runtime/sessions/{session}/events?after_seq=0&limit=1"),
+                &server.admin,
+            )
+            .await;
+        if list["earliest_seq"].is_i64() && checked > 0 {
+            return checked;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream was never pruned"
+        );
+    }
 }
