@@ -141,6 +141,21 @@ async fn resume_into_pruned_events(server: TestServer) {
     assert_eq!(lines[1], format!("data: {{\"earliest_seq\":{}}}", a + 1));
     assert_eq!(lines[2], format!("id: {}", a + 1), "{lines:?}");
 
+    // The console client says so in a line of its own, then goes on.
+    let kept = listed.len().to_string();
+    let human = watch(&server, &session, &kept, false).await;
+    let line = format!(
+        "events before seq {n} were pruned (data retention); showing from {n}",
+        n = a + 1
+    );
+    assert!(human.starts_with(&line), "{human}");
+    assert!(human.contains("→ waiting"), "{human}");
+    let json = watch(&server, &session, &kept, true).await;
+    let first: Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "stream.pruned");
+    assert_eq!(first["data"]["earliest_seq"], a + 1);
+    assert_eq!(json.lines().count(), listed.len() + 1);
+
     // The finished task still answers its state and result.
     let (status, state) = server
         .get(
@@ -163,6 +178,37 @@ async fn resume_into_pruned_events(server: TestServer) {
         "{storage}"
     );
     server.stop().await;
+}
+
+/// `switchboard watch --session S --after-seq 0 --count N` against the node: its stdout.
+async fn watch(server: &TestServer, session: &str, count: &str, json: bool) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args([
+        "watch",
+        "--session",
+        session,
+        "--after-seq",
+        "0",
+        "--count",
+        count,
+    ])
+    .args(["--server", &server.base, "--token", &server.admin])
+    .env("HOME", home.path())
+    .env("XDG_CONFIG_HOME", home.path().join("config"))
+    .env("NO_COLOR", "1")
+    .env_remove("SWITCHBOARD_SERVER")
+    .env_remove("SWITCHBOARD_TOKEN")
+    .kill_on_drop(true);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("watch did not stop")
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The first `n` non-empty lines of the session's SSE stream, read from the start.

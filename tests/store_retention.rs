@@ -351,7 +351,7 @@ mod suite {
         let refused = store
             .append(vec![state(&late, None, TaskState::Pending, now())])
             .await;
-        assert!(matches!(refused.unwrap().pop().unwrap(), Err(_)));
+        assert!(refused.unwrap().pop().unwrap().is_err());
     }
 
     /// Tasks appended while streams are being cut keep every event: only
