@@ -171,12 +171,26 @@ async fn resume_into_pruned_events(server: TestServer) {
         .await;
     assert_eq!(task["events"], json!([]), "{task}");
 
-    // The storage report says what the pruner did.
+    // The storage report and the metrics say what the pruner did.
     let (_, storage) = server.get("/api/admin/storage", &server.admin).await;
     assert!(
         storage["last_prune"]["removed"]["events"].is_i64(),
         "{storage}"
     );
+    assert!(storage["last_prune"]["seconds"].is_f64(), "{storage}");
+    let metrics = http()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("switchboard_pruned_rows_total{kind=\"events\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchboard_prune_seconds"), "{metrics}");
     server.stop().await;
 }
 
