@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod retention;
+pub use retention::{RetentionConfig, Window};
+
 /// Limits the node enforces, each with a clear error when exceeded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -244,6 +247,8 @@ pub struct FileConfig {
     pub audit: AuditConfig,
     pub security: SecurityConfig,
     pub link: LinkConfig,
+    /// `[retention]`: what is removed, and when (nothing by default).
+    pub retention: RetentionConfig,
 }
 
 /// Agent names listed even without a config (the original's).

@@ -136,6 +136,9 @@ pub async fn serve(
             checkpoint_stop.clone(),
         ))
     });
+    // `[retention]`: nothing runs when none is configured.
+    let prune_stop = CancellationToken::new();
+    let pruner = tokio::spawn(runtime::retention::run(runtime.clone(), prune_stop.clone()));
     // With a shared store: heartbeats, claims, leases and the listener.
     let cluster_stop = CancellationToken::new();
     let cluster_done = tokio::spawn(crate::runtime::cluster::run(
@@ -166,6 +169,8 @@ pub async fn serve(
     // The listener is closed; sockets were told to close (1001).
     state.connections.close();
     state.connections.wait().await;
+    prune_stop.cancel();
+    let _ = pruner.await;
     engine_stop.cancel();
     runtime.engine().wait().await;
     // Stopped command agents get SIGKILL after their grace period.

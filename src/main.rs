@@ -55,7 +55,8 @@ enum AuditCommand {
     /// Check the hash chain and the signed checkpoints, offline; exits 1
     /// naming the first bad record.
     Verify(VerifyArgs),
-    /// Print the audit log as JSON Lines, oldest first.
+    /// Print the audit log as JSON Lines, oldest first (to archive what
+    /// `[retention] audit` is about to prune: `--before 365d`).
     Export {
         /// The database to read.
         #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
@@ -63,6 +64,10 @@ enum AuditCommand {
         /// Only records after this seq.
         #[arg(long, default_value_t = 0)]
         after: i64,
+        /// Only records older than this: an RFC 3339 time, or an age
+        /// written as in `[retention]` (`30d`, `12h`: older than that).
+        #[arg(long, value_parser = parse_before)]
+        before: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -199,7 +204,23 @@ async fn audit_verify(args: VerifyArgs) -> anyhow::Result<bool> {
     Ok(v.ok)
 }
 
-async fn audit_export(database: String, after: i64) -> anyhow::Result<()> {
+/// `--before`: an RFC 3339 time, or an age (`30d`) before now.
+fn parse_before(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let age: switchboard::config::Window = text
+        .parse()
+        .map_err(|e| format!("{e}, or an RFC 3339 time"))?;
+    let age = chrono::Duration::from_std(age.0).map_err(|e| e.to_string())?;
+    Ok(chrono::Utc::now() - age)
+}
+
+async fn audit_export(
+    database: String,
+    after: i64,
+    before: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let store = open_existing(&database).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -208,7 +229,10 @@ async fn audit_export(database: String, after: i64) -> anyhow::Result<()> {
         let page = store.audit_after(after, 1000).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
-        for r in &page {
+        for r in page
+            .iter()
+            .filter(|r| before.is_none_or(|b| r.timestamp < b))
+        {
             writeln!(out, "{}", serde_json::to_string(r)?)?;
         }
     }
@@ -319,8 +343,13 @@ async fn run(cli: Cli) -> ExitCode {
             command: AuditCommand::Verify(args),
         } => audit_verify(args).await,
         Command::Audit {
-            command: AuditCommand::Export { database, after },
-        } => audit_export(database, after).await.map(|_| true),
+            command:
+                AuditCommand::Export {
+                    database,
+                    after,
+                    before,
+                },
+        } => audit_export(database, after, before).await.map(|_| true),
         Command::Backup(args) => switchboard::cli::backup::run(args, json)
             .await
             .map(|_| true),

@@ -9,6 +9,11 @@
 //! `switchboard_denied_total{action}`, `switchboard_commit_batch_size`,
 //! `switchboard_commit_seconds` (time to commit one batch of events).
 //!
+//! Retention (set by each run of the pruner, [`crate::runtime::retention`]):
+//! `switchboard_pruned_rows_total{kind}`, `switchboard_pruned_bytes_reclaimed_total`,
+//! `switchboard_prune_seconds` (the last run's duration) and
+//! `switchboard_prune_last_timestamp_seconds`.
+//!
 //! Storage (the figures of `GET /api/admin/storage`, refreshed at a scrape
 //! at most every [`STORAGE_EVERY`]): `switchboard_storage_rows{kind}`
 //! (estimated for big tables, see [`crate::protocol::storage`]),

@@ -97,6 +97,8 @@ function startApp() {
   client.on('hello', onHello);
   client.on('event', onEvent);
   client.on('reset', () => app?.reloadTasks());
+  // Events we were to resume from were pruned (retention): what they said is read again.
+  client.on('pruned', () => { app?.reloadTasks(); app?.detail.reload(); });
   client.on('authfailed', () => signOut(app ? 'Your token is no longer accepted. Sign in again.' : 'That token was not accepted.'));
   // Subscription failures (err.stream set) are handled where the subscribe was made.
   client.on('error', (err) => { if (!err.stream) toast(err.message, 'error'); });

@@ -253,6 +253,8 @@ export class SwitchboardClient {
       own.lastSeq = head; // the stream is shorter than what we saw: the store was reset
       this._emit('reset', { stream: this.sessionStream, lastSeq: head });
     }
+    // Events we asked for were pruned (data retention): the replay starts at earliest_seq.
+    if (typeof r.earliest_seq === 'number') this._pruned(this.sessionStream, r.earliest_seq);
     const resumed = this._everLive;
     this._everLive = true;
     this._attempt = 0;
@@ -384,12 +386,26 @@ export class SwitchboardClient {
   /** Deliver an event at most once and in order; a gap makes us ask again from the last seq. */
   _onEvent(ev) {
     const s = this._stream(ev.stream);
+    if (ev.type === 'stream.pruned') { this._pruned(ev.stream, ev.data?.earliest_seq); return; }
     if (typeof ev.seq === 'number' && s.lastSeq != null) {
       if (ev.seq <= s.lastSeq) return; // already delivered (replay overlap)
       if (ev.seq > s.lastSeq + 1) { this._resync(ev.stream); return; } // missing events: refetch
     }
     if (typeof ev.seq === 'number') s.lastSeq = ev.seq;
     this._emit('event', ev);
+  }
+
+  /**
+   * Events of `stream` before `earliestSeq` were pruned by the server's retention: go on from
+   * there (the server sends that event next) and tell the application, which should reload
+   * whatever state it built from the events it will not get.
+   */
+  _pruned(stream, earliestSeq) {
+    if (typeof earliestSeq !== 'number') return;
+    const s = this._stream(stream);
+    if (s.lastSeq != null && s.lastSeq >= earliestSeq - 1) return; // nothing we wanted is missing
+    s.lastSeq = earliestSeq - 1;
+    this._emit('pruned', { stream, earliestSeq });
   }
 
   _resync(stream) {
@@ -422,6 +438,8 @@ export class SwitchboardClient {
         // The stream is shorter than what we saw: the store was reset. Start over from its head.
         s.lastSeq = head;
         this._emit('reset', { stream, lastSeq: head });
+      } else if (typeof r.earliest_seq === 'number') {
+        this._pruned(stream, r.earliest_seq); // the replay starts at earliest_seq
       }
       const result = { stream, last_seq: head };
       for (const w of s.waiters.splice(0)) w.resolve(result);

@@ -248,7 +248,13 @@ pub async fn verify_with_checkpoints(
     let mut checkpoints = store.checkpoints().await?;
     checkpoints.extend(extra.iter().cloned());
     checkpoints.sort_by_key(|c| c.seq);
-    let mut chain = Verifier::default();
+    let first = store.audit_after(0, 1).await?.pop();
+    let mut chain = match first.as_ref().map(|r| anchor(r, &checkpoints)) {
+        None => Verifier::default(),
+        Some(Ok(chain)) => chain,
+        Some(Err(verdict)) => return Ok(*verdict),
+    };
+    let first_seq = first.as_ref().map_or(1, |r| r.seq);
     let mut head_at: std::collections::BTreeMap<i64, (String, uuid::Uuid)> = Default::default();
     let wanted: std::collections::BTreeSet<i64> = checkpoints.iter().map(|c| c.seq).collect();
     let mut after = 0;
@@ -271,6 +277,7 @@ pub async fn verify_with_checkpoints(
         }
     }
     let mut verdict = chain.finish();
+    verdict.first_seq = (first_seq > 1).then_some(first_seq);
     let Some(key) = key else { return Ok(verdict) };
     for cp in &checkpoints {
         let problem = if !cp.verify(key) {
@@ -281,6 +288,8 @@ pub async fn verify_with_checkpoints(
                     cp.seq
                 ),
             ))
+        } else if cp.seq < first_seq {
+            None // its record was pruned; the anchor checkpoint vouches for what is kept
         } else {
             match head_at.get(&cp.seq) {
                 None => Some((
@@ -310,6 +319,37 @@ pub async fn verify_with_checkpoints(
     }
     verdict.checkpoints = Some(checkpoints.len() as u64);
     Ok(verdict)
+}
+
+/// Where the kept chain starts: at seq 1, or (after a prune) at a record
+/// whose hash a checkpoint vouches for, which the verifier then trusts for
+/// the `prev_hash` it names. A chain that starts anywhere else lost records
+/// that no checkpoint covers: the verdict says so.
+fn anchor(
+    first: &AuditRecord,
+    checkpoints: &[Checkpoint],
+) -> std::result::Result<Verifier, Box<Verification>> {
+    if first.seq == 1 {
+        return Ok(Verifier::default());
+    }
+    if checkpoints
+        .iter()
+        .any(|c| c.seq == first.seq && c.head == first.hash)
+    {
+        return Ok(Verifier::resume(first.seq, &first.prev_hash));
+    }
+    Err(Box::new(Verification {
+        ok: false,
+        checked: 0,
+        head: crate::audit::GENESIS.to_owned(),
+        first_bad_event_id: Some(first.event_id),
+        reason: Some(format!(
+            "the log starts at seq {} and no checkpoint vouches for that record:              records before it were removed without a checkpoint to cover them",
+            first.seq
+        )),
+        checkpoints: None,
+        first_seq: Some(first.seq),
+    }))
 }
 
 #[cfg(test)]

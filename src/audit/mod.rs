@@ -62,6 +62,8 @@ pub mod kind {
     pub const PROJECT_TASK_CREATED: &str = "project_task.created";
     pub const PROJECT_TASK_UPDATED: &str = "project_task.updated";
     pub const PROJECT_TASK_DELETED: &str = "project_task.deleted";
+    /// The pruner removed audit records before a signed checkpoint.
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 }
 
 /// `success`, `denied` or `failure`.
@@ -259,6 +261,10 @@ pub struct Verification {
     /// How many signed checkpoints were checked, when a key was available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoints: Option<u64>,
+    /// The seq the kept chain starts at, when the records before it were
+    /// pruned (data retention); a checkpoint vouches for this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<i64>,
 }
 
 /// Incremental chain verification, fed records in stored order.
@@ -282,6 +288,18 @@ impl Default for Verifier {
 }
 
 impl Verifier {
+    /// A verifier of a chain kept from `seq` on (the records before were
+    /// pruned), whose first record must name `prev_hash`. Only sound when
+    /// a signed checkpoint vouches for that first record's hash.
+    pub fn resume(seq: i64, prev_hash: &str) -> Self {
+        Verifier {
+            expected_seq: seq,
+            head: prev_hash.to_owned(),
+            checked: 0,
+            bad: None,
+        }
+    }
+
     /// Check the next record. Returns false once the chain is broken.
     pub fn feed(&mut self, r: &AuditRecord) -> bool {
         if self.bad.is_some() {
@@ -322,6 +340,7 @@ impl Verifier {
             first_bad_event_id: self.bad.as_ref().map(|b| b.0),
             reason: self.bad.map(|b| b.1),
             checkpoints: None,
+            first_seq: None,
         }
     }
 }

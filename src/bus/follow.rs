@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use crate::bus::{Bus, Delivery, Inbox, Item};
 use crate::error::Result;
 use crate::event::StreamKey;
-use crate::protocol::ws::{audit_event_frame, tasks_lagged_frame};
+use crate::protocol::ws::{audit_event_frame, stream_pruned_frame, tasks_lagged_frame};
 use crate::store::Store;
 
 /// How many stored events a catch-up reads at a time.
@@ -199,6 +199,14 @@ impl Follower {
         let full = read.len() as i64 == PAGE;
         for d in read {
             if d.seq > sub.last {
+                if d.seq > sub.last + 1 {
+                    // A stored stream has no holes: only retention removes
+                    // events, from its front. Say so rather than skip.
+                    deliver(Delivery {
+                        seq: 0,
+                        frame: stream_pruned_frame(sub.key, d.seq),
+                    });
+                }
                 sub.last = d.seq;
                 deliver(d);
             }

@@ -339,6 +339,7 @@ impl Ws {
             op["after_seq"] = json!(after);
         }
         let reply = self.call(op).await?;
+        self.pruned(stream, reply["earliest_seq"].as_i64());
         let last = reply["last_seq"].as_i64().unwrap_or(0);
         self.cursors.entry(stream.to_owned()).or_insert(last);
         if !self.extra.iter().any(|s| s == stream) {
@@ -416,6 +417,10 @@ impl Ws {
         if frame["op"] != "event" {
             return;
         }
+        if frame["type"] == "stream.pruned" {
+            let stream = frame["stream"].as_str().unwrap_or_default().to_owned();
+            return self.pruned(&stream, frame["data"]["earliest_seq"].as_i64());
+        }
         let Some(event) = Event::parse(frame) else {
             return;
         };
@@ -431,6 +436,28 @@ impl Ws {
         }
         *cursor = event.seq;
         self.events.push_back(event);
+    }
+
+    /// Events of `stream` before `earliest` were pruned by the node's
+    /// retention (a reply's `earliest_seq`, or a `stream.pruned` event): go
+    /// on from there, and hand the reader a `stream.pruned` event (seq 0)
+    /// to say so, rather than a silent jump.
+    fn pruned(&mut self, stream: &str, earliest: Option<i64>) {
+        let Some(earliest) = earliest else { return };
+        let cursor = self.cursors.entry(stream.to_owned()).or_insert(0);
+        if *cursor >= earliest - 1 {
+            return;
+        }
+        *cursor = earliest - 1;
+        let raw = json!({"op": "event", "stream": stream, "type": "stream.pruned",
+                         "data": {"earliest_seq": earliest}});
+        self.events.push_back(Event {
+            raw,
+            stream: stream.to_owned(),
+            seq: 0,
+            kind: "stream.pruned".into(),
+            task_id: None,
+        });
     }
 
     /// Connect, hello, and re-subscribe; no retries.
@@ -472,6 +499,7 @@ impl Ws {
         let hello: HelloReply = serde_json::from_value(result)
             .map_err(|e| CliError::Other(format!("unexpected hello reply: {e}")))?;
         let stream = format!("session:{}", hello.session_id);
+        self.pruned(&stream, hello.earliest_seq);
         self.cursors.entry(stream).or_insert(hello.last_seq);
         self.session_id = Some(hello.session_id);
         self.hello = Some(hello);
@@ -484,7 +512,8 @@ impl Ws {
             }
             match self.try_call(op).await {
                 Ok(reply) => {
-                    reply_result(reply, &self.target.url)?;
+                    let r = reply_result(reply, &self.target.url)?;
+                    self.pruned(&stream, r["earliest_seq"].as_i64());
                 }
                 Err(Lost::Fatal(e)) => return Err(e),
                 Err(Lost::Dropped(why)) => {

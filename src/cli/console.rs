@@ -111,7 +111,11 @@ impl Editor {
                 line = self.lines.recv() => return Ok(line.unwrap_or(Line::Eof)),
                 // Events of tasks left running in the background are not
                 // shown while the user types; `/tasks` shows where they are.
-                event = ws.next_event() => { event?; }
+                event = ws.next_event() => {
+                    if let Some(line) = crate::cli::watch::pruned_line(&event?) {
+                        eprintln!("{line}");
+                    }
+                }
             }
         }
     }

@@ -293,6 +293,12 @@ fn on_event(
     printer: &mut TaskPrinter,
     stop_at_waiting: bool,
 ) -> Option<Followed> {
+    if let Some(line) = crate::cli::watch::pruned_line(event) {
+        // The followed task's own events are never pruned while it runs;
+        // older ones of its stream were.
+        printer.dim_notice(&line);
+        return None;
+    }
     if event.task_id != Some(task_id) {
         return None;
     }

@@ -78,7 +78,9 @@ pub async fn watch(common: &Common, args: WatchArgs, out: Out) -> Result<u8, Cli
                 if event.stream != stream {
                     continue;
                 }
-                seen += 1;
+                if event.kind != "stream.pruned" {
+                    seen += 1;
+                }
                 print_event(&out, &event);
             }
             _ = sigint.recv() => {
@@ -113,6 +115,10 @@ pub fn print_event(out: &Out, e: &Event) {
         out.json_line(&e.raw);
         return;
     }
+    if let Some(line) = pruned_line(e) {
+        println!("{}", out.paint(Style::Yellow, &line));
+        return;
+    }
     let seq = out.paint(Style::Dim, &format!("#{:<5}", e.seq));
     let at = short_time(e.raw["at"].as_str().unwrap_or_default());
     let task = e
@@ -144,4 +150,12 @@ pub fn print_event(out: &Out, e: &Event) {
         format!("{} {}", e.kind, e.raw["data"])
     };
     println!("{seq} {at} {task} {what}");
+}
+
+/// The line for a `stream.pruned` event: older events were removed by the
+/// node's retention, and what follows starts at `earliest_seq`.
+pub fn pruned_line(e: &Event) -> Option<String> {
+    let n = e.raw["data"]["earliest_seq"].as_i64()?;
+    (e.kind == "stream.pruned")
+        .then(|| format!("events before seq {n} were pruned (data retention); showing from {n}"))
 }

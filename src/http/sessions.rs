@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::http::header::ACCEPT;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, StreamExt};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -137,22 +137,24 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("text/event-stream"));
     if !wants_sse {
-        let events = s
+        let list: EventList = s
             .runtime
             .session_events(&p, id, q.after_seq.unwrap_or(0), q.limit)
             .await?;
-        return Ok(Json(EventList { events }).into_response());
+        return Ok(Json(list).into_response());
     }
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(crate::protocol::parse_last_event_id(v.as_bytes())?),
         None => None,
     };
     let after = last_event_id.or(q.after_seq).unwrap_or(0);
-    let (cursor, _) = s
+    let (cursor, _, earliest) = s
         .runtime
         .subscribe(&p, StreamKey::Session(id), Some(after))
         .await?;
-    let stream = sse_stream(cursor, s.shutdown.clone());
+    // Events asked for were pruned: say so first (`event: pruned`).
+    let first = earliest.map(pruned_event);
+    let stream = stream::iter(first.map(Ok)).chain(sse_stream(cursor, s.shutdown.clone()));
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
@@ -168,6 +170,15 @@ fn sse_stream(
             _ = shutdown.cancelled() => return None,
         };
         match next {
+            Ok(Some(d)) if d.seq == 0 => {
+                // The follower's `stream.pruned` notice: a prune overtook
+                // this reader. The next event it sends is the earliest.
+                let earliest = serde_json::from_str::<serde_json::Value>(d.frame.payload_str())
+                    .ok()
+                    .and_then(|v| v["data"]["earliest_seq"].as_i64())
+                    .unwrap_or(0);
+                Some((Ok(pruned_event(earliest)), (cursor, shutdown)))
+            }
             Ok(Some(d)) => {
                 metrics::counter!("switchboard_events_delivered_total", "transport" => "sse")
                     .increment(1);
@@ -183,4 +194,13 @@ fn sse_stream(
             }
         }
     })
+}
+
+/// The SSE message for "events before `earliest_seq` were pruned": named
+/// `pruned`, so `EventSource.onmessage` does not take it for an event, and
+/// without an `id:`, so the client's `Last-Event-ID` stays what it was.
+fn pruned_event(earliest_seq: i64) -> Event {
+    Event::default()
+        .event("pruned")
+        .data(serde_json::json!({ "earliest_seq": earliest_seq }).to_string())
 }

@@ -348,6 +348,11 @@ pub struct EventsQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct EventList {
     pub events: Vec<Value>,
+    /// The oldest seq still stored in the stream, present only when
+    /// `after_seq` asked for events that were pruned (data retention):
+    /// `events` starts there, not right after `after_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_seq: Option<i64>,
 }
 
 /// An agent as discovery lists it.

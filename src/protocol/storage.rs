@@ -56,7 +56,8 @@ pub struct StorageReport {
     /// SQLite: pages of the file that are free for reuse (after deletions),
     /// in bytes; `VACUUM` would give them back. Null on PostgreSQL.
     pub free_bytes: Option<i64>,
-    /// The last run of the pruner (data retention), or null when none ran.
+    /// The last run of the pruner (data retention) on this node, or null
+    /// when none ran since it started.
     pub last_prune: Option<PruneRun>,
     /// When these figures were taken.
     #[serde(with = "crate::protocol::micros")]
@@ -92,8 +93,12 @@ pub struct PruneRun {
     pub at: DateTime<Utc>,
     /// How long it took, in seconds.
     pub seconds: f64,
-    /// Rows removed per kind.
+    /// Rows removed per kind configured in `[retention]`: `events`,
+    /// `tasks`, `sessions`, `audit`.
     pub removed: BTreeMap<String, i64>,
+    /// Bytes given back to the file system afterwards (SQLite's incremental
+    /// vacuum; 0 on PostgreSQL, whose autovacuum makes the space reusable).
+    pub reclaimed_bytes: i64,
 }
 
 impl StorageReport {

@@ -114,6 +114,12 @@ pub struct HelloReply {
     pub heartbeat_ms: u64,
     pub max_message_bytes: usize,
     pub protocol: u32,
+    /// The oldest seq still stored in the session's stream, present only
+    /// when the hello's `after_seq` asked for events that were pruned
+    /// (`after_seq < earliest_seq - 1`): reload state, then go on from
+    /// here (the replay starts at this seq).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_seq: Option<i64>,
 }
 
 /// `subscribe` reply.
@@ -121,6 +127,10 @@ pub struct HelloReply {
 pub struct SubscribeReply {
     pub stream: String,
     pub last_seq: i64,
+    /// The oldest seq still stored in the stream, present only when
+    /// `after_seq` asked for events that were pruned (see `hello`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest_seq: Option<i64>,
 }
 
 /// A frame's `id`, echoed in its reply: a string or a number.
@@ -330,6 +340,16 @@ pub fn tasks_event_frame(
 /// this subscriber fell behind": reload the task list.
 pub fn tasks_lagged_frame() -> Frame {
     Frame::text(r#"{"op":"event","stream":"tasks","type":"tasks.lagged","data":{}}"#)
+}
+
+/// A stream's event for "the events you were about to get were pruned
+/// (data retention)": what is still stored starts at `earliest_seq`, and
+/// comes next. Reload state (the task list, a task's state), then keep
+/// applying events. Carries no `seq` of its own.
+pub fn stream_pruned_frame(key: crate::event::StreamKey, earliest_seq: i64) -> Frame {
+    Frame::text(&format!(
+        r#"{{"op":"event","stream":"{key}","type":"stream.pruned","data":{{"earliest_seq":{earliest_seq}}}}}"#
+    ))
 }
 
 /// Publish a stored session event on the bus: to its session's

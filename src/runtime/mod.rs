@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod devices;
 pub mod hosts;
 mod projects;
+pub mod retention;
 mod sessions;
 mod storage;
 mod tasks;
@@ -68,6 +69,8 @@ pub struct Runtime {
     hosts: Arc<crate::link::Hosts>,
     /// `[link]`: remote agent hosts.
     link: crate::config::LinkConfig,
+    /// `[retention]` and the pruner's last run.
+    pruner: retention::Pruner,
 }
 
 impl Runtime {
@@ -97,6 +100,7 @@ impl Runtime {
             security: config.file.security.clone(),
             throttle: crate::throttle::Throttle::new(&config.file.security),
             tokens: tokens::TokenCache::default(),
+            pruner: retention::Pruner::new(config.file.retention.clone()),
         }
     }
 

@@ -7,8 +7,9 @@ use crate::auth::Principal;
 use crate::bus::{Cursor, read_stored};
 use crate::error::{Error, Result};
 use crate::event::{StreamKey, now};
-use crate::protocol::{CreateSessionRequest, SessionView};
+use crate::protocol::{CreateSessionRequest, EventList, SessionView};
 use crate::rbac::Action;
+use crate::runtime::retention::resume_from;
 use crate::runtime::{Runtime, is_active};
 use crate::session::Session;
 use crate::store::TaskFilter;
@@ -147,27 +148,38 @@ impl Runtime {
         Ok((&self.visible_session(p, id).await?).into())
     }
 
-    /// Stored events of a session after `after_seq`, as event frames.
+    /// Stored events of a session after `after_seq`, as event frames, and
+    /// the `earliest_seq` signal when some it asked for were pruned.
     pub async fn session_events(
         &self,
         p: &Principal,
         id: Uuid,
         after_seq: i64,
         limit: Option<i64>,
-    ) -> Result<Vec<serde_json::Value>> {
+    ) -> Result<EventList> {
         self.authorize(p, Action::SessionRead).await?;
         self.visible_session(p, id).await?;
         let limit = self.page_limit(limit, 100)?;
-        read_stored(
-            self.store.as_ref(),
-            StreamKey::Session(id),
-            after_seq.max(0),
-            limit,
-        )
-        .await?
-        .iter()
-        .map(|d| serde_json::from_str(d.frame.payload_str()).map_err(Error::internal))
-        .collect()
+        let after = after_seq.max(0);
+        let read = read_stored(self.store.as_ref(), StreamKey::Session(id), after, limit).await?;
+        // A stored stream has no holes: a first event past `after + 1`
+        // means the ones between were pruned (exact even when a prune
+        // commits between two reads); with none, the floor says.
+        let earliest_seq = match read.first() {
+            Some(d) => (d.seq > after + 1).then_some(d.seq),
+            None => {
+                self.earliest_seq(StreamKey::Session(id), Some(after))
+                    .await?
+            }
+        };
+        let events = read
+            .iter()
+            .map(|d| serde_json::from_str(d.frame.payload_str()).map_err(Error::internal))
+            .collect::<Result<_>>()?;
+        Ok(EventList {
+            events,
+            earliest_seq,
+        })
     }
 
     /// Check that `p` may read a stream: a session's (own, or any with
@@ -192,34 +204,41 @@ impl Runtime {
     }
 
     /// Start reading a stream after `after_seq` (without it: live events
-    /// from now on). Returns the cursor and the stream's newest seq now.
+    /// from now on). Returns the cursor, the stream's newest seq now, and
+    /// `earliest_seq` when events asked for were pruned (the cursor then
+    /// starts there).
     pub async fn subscribe(
         &self,
         p: &Principal,
         stream: StreamKey,
         after_seq: Option<i64>,
-    ) -> Result<(Cursor, i64)> {
+    ) -> Result<(Cursor, i64, Option<i64>)> {
         let last_seq = self.open_stream(p, stream).await?;
-        let start = after_seq.unwrap_or(last_seq);
+        let earliest = self.earliest_seq(stream, after_seq).await?;
+        let start = resume_from(after_seq, earliest).unwrap_or(last_seq);
         Ok((
             Cursor::new(&self.bus, self.store.clone(), stream, start),
             last_seq,
+            earliest,
         ))
     }
 
     /// A connection's `subscribe`: checks, then delivers the stream's live
     /// events to `inbox`. Returns the position to deliver after (the
-    /// client's `after_seq`, or the newest seq) and the newest seq.
+    /// client's `after_seq`, or the newest seq), the newest seq, and
+    /// `earliest_seq` when events asked for were pruned.
     pub async fn subscribe_inbox(
         &self,
         p: &Principal,
         stream: StreamKey,
         after_seq: Option<i64>,
         inbox: &std::sync::Arc<crate::bus::Inbox>,
-    ) -> Result<(i64, i64)> {
+    ) -> Result<(i64, i64, Option<i64>)> {
         let last_seq = self.open_stream(p, stream).await?;
+        let earliest = self.earliest_seq(stream, after_seq).await?;
         self.bus.subscribe(stream, inbox);
-        Ok((after_seq.unwrap_or(last_seq), last_seq))
+        let after = resume_from(after_seq, earliest).unwrap_or(last_seq);
+        Ok((after, last_seq, earliest))
     }
 
     /// Check a `limit` against the node's page size.

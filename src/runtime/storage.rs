@@ -11,8 +11,9 @@ impl Runtime {
     /// and the last prune (`admin:system`).
     pub async fn storage(&self, p: &Principal) -> Result<StorageReport> {
         self.authorize(p, Action::StorageRead).await?;
-        // `last_prune` stays null: no pruner runs yet (data retention is
-        // configured by `[retention]`, which fills it in once it exists).
-        self.store.storage().await
+        let mut report = self.store.storage().await?;
+        // The pruner, not the store, knows when it ran (on this node).
+        report.last_prune = self.pruner().last_run();
+        Ok(report)
     }
 }

@@ -10,6 +10,7 @@
 //! several writers.
 
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 pub mod writer;
 
@@ -206,7 +207,9 @@ pub trait StorageStats: Send + Sync + 'static {
 /// [`postgres::PostgresStore`], which run the same test suite
 /// (`tests/store.rs`, with the Phase 1 part in `tests/store/projects.rs`).
 #[async_trait]
-pub trait Store: ProjectStore + TaskCounts + StorageStats + Send + Sync + 'static {
+pub trait Store:
+    ProjectStore + TaskCounts + StorageStats + retention::Retention + Send + Sync + 'static
+{
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 

@@ -17,6 +17,7 @@ mod cluster;
 mod counts;
 mod listen;
 mod projects;
+mod prune;
 mod storage;
 
 pub use listen::listener_application_name;

@@ -491,10 +491,11 @@ impl Session {
         );
         self.state.connections.spawn(async move {
             let item = match rt.subscribe_inbox(&p, key, after_seq, &inbox).await {
-                Ok((after, last_seq)) => {
+                Ok((after, last_seq, earliest_seq)) => {
                     let reply = SubscribeReply {
                         stream: key.to_string(),
                         last_seq,
+                        earliest_seq,
                     };
                     Item::Subscribed {
                         key,

@@ -94,6 +94,14 @@ pub(super) async fn handshake(
             return None;
         }
     };
+    let key = crate::event::StreamKey::Session(attached.session_id);
+    let earliest_seq = match rt.earliest_seq(key, after_seq).await {
+        Ok(e) => e,
+        Err(e) => {
+            refuse(io, &id, e).await;
+            return None;
+        }
+    };
     let p = &attached.principal;
     let reply = HelloReply {
         session_id: attached.session_id,
@@ -104,11 +112,12 @@ pub(super) async fn handshake(
         heartbeat_ms: rt.limits().heartbeat_ms,
         max_message_bytes: rt.limits().max_message_bytes,
         protocol: PROTOCOL_VERSION,
+        earliest_seq,
     };
     io.queue(&reply_ok(&id, &reply));
     io.flush().await.ok()?;
     Some(Attached {
-        after_seq,
+        after_seq: crate::runtime::retention::resume_from(after_seq, earliest_seq),
         ..attached
     })
 }

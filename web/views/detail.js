@@ -291,6 +291,8 @@ export function createDetail({ root, client, store, can, onClose, onLoaded = () 
       if (loading) buffer.push(ev);
       else applyLive(ev);
     },
+    /** Events of the shown task may have been pruned: read its state and events again. */
+    reload() { if (taskId) open(taskId); },
     /** Permissions changed (a new hello): rebuild the buttons. */
     refreshPermissions() { if (taskId) buildActions(); },
     focus() { closeBtn.focus(); },

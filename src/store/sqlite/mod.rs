@@ -15,6 +15,8 @@
 mod counts;
 mod hot;
 mod projects;
+mod prune;
+pub(crate) use prune::usable_checkpoint;
 mod read;
 pub(crate) mod rows;
 mod storage;
@@ -181,6 +183,10 @@ async fn migrate(path: &str) -> Result<(), anyhow::Error> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
+        // Takes effect only on a new, empty file (retention gives the
+        // space of pruned rows back in small steps, see `prune.rs`); an
+        // older file keeps `NONE` and reuses freed pages instead.
+        .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
         .busy_timeout(Duration::from_secs(10));
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
@@ -236,7 +242,8 @@ fn load_session(conn: &Connection, id: Uuid) -> Result<Option<SessionSlot>> {
     let row = conn
         .prepare_cached(
             "SELECT s.sid, s.user_id, s.state, s.last_activity, \
-             COALESCE((SELECT MAX(e.seq) FROM events e WHERE e.sid = s.sid), 0) \
+             COALESCE((SELECT MAX(e.seq) FROM events e WHERE e.sid = s.sid), \
+             (SELECT f.pruned_through FROM stream_floor f WHERE f.sid = s.sid), 0) \
              FROM sessions s WHERE s.session_id = ?",
         )?
         .query_row([id.to_string()], |r| {

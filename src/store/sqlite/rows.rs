@@ -25,7 +25,8 @@ pub const TASK: &str = "SELECT t.task_id, t.execution_uuid, ss.session_id, t.use
 /// A session with its newest seq.
 pub const SESSION: &str = "SELECT s.session_id, s.user_id, s.device_id, s.created_at, \
      s.last_activity, s.permissions, s.state, s.is_default, \
-     COALESCE((SELECT MAX(e.seq) FROM events e WHERE e.sid = s.sid), 0) AS last_seq \
+     COALESCE((SELECT MAX(e.seq) FROM events e WHERE e.sid = s.sid), \
+     (SELECT f.pruned_through FROM stream_floor f WHERE f.sid = s.sid), 0) AS last_seq \
      FROM sessions s";
 
 /// An event with its session's and task's ids.

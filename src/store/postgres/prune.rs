@@ -1,0 +1,186 @@
+//! Retention on PostgreSQL: plain `DELETE`s in small batches, each its own
+//! short transaction; autovacuum makes the space reusable. One node of a
+//! cluster prunes at a time (a session advisory lock held for the run);
+//! were two to run anyway, each removal is keyed and re-checked, and the
+//! stream floor only moves forward, so they would only repeat each other.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Acquire, Row};
+use uuid::Uuid;
+
+use super::PostgresStore;
+use crate::error::Result;
+use crate::store::retention::{PruneLock, Retention, StreamCut, TERMINAL};
+
+/// The advisory lock key of the pruner (`switchboard.prune` in ASCII).
+const PRUNE_LOCK: i64 = 0x7377_6272_7072_6e65;
+
+#[async_trait]
+impl Retention for PostgresStore {
+    async fn stream_floor(&self, session_id: Uuid) -> Result<i64> {
+        let floor: Option<i64> =
+            sqlx::query_scalar("SELECT pruned_through FROM stream_floor WHERE session_id = $1")
+                .bind(session_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(floor.unwrap_or(0))
+    }
+
+    async fn prune_lock(&self) -> Result<Option<PruneLock>> {
+        // A connection of its own, out of the pool: the lock lives as long
+        // as its session, and closing the connection (dropping the lock)
+        // releases it even if this node dies mid-run.
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(PRUNE_LOCK)
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(got.then(|| PruneLock::holding(std::sync::Mutex::new(conn))))
+    }
+
+    async fn prunable_streams(&self, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<StreamCut>> {
+        let heads: Vec<Uuid> = sqlx::query_scalar(&format!(
+            "SELECT s.session_id FROM sessions s \
+             CROSS JOIN LATERAL (SELECT e.task_id FROM events e \
+                 WHERE e.session_id = s.session_id ORDER BY e.seq LIMIT 1) f \
+             JOIN tasks t ON t.task_id = f.task_id \
+             WHERE t.state IN {TERMINAL} AND t.updated_at < $1 LIMIT $2"
+        ))
+        .bind(horizon)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(heads.len());
+        for session_id in heads {
+            // One statement, one snapshot: the first event of each task of
+            // the stream that has not ended before the horizon, else past
+            // the stream's last seq.
+            let cut: i64 = sqlx::query_scalar(&format!(
+                "SELECT COALESCE( \
+                   (SELECT MIN(fe.seq) FROM tasks t \
+                    CROSS JOIN LATERAL (SELECT e.seq FROM events e \
+                        WHERE e.task_id = t.task_id ORDER BY e.seq LIMIT 1) fe \
+                    WHERE t.session_id = $1 \
+                    AND NOT (t.state IN {TERMINAL} AND t.updated_at < $2)), \
+                   (SELECT last_seq + 1 FROM sessions WHERE session_id = $1), 0)"
+            ))
+            .bind(session_id)
+            .bind(horizon)
+            .fetch_one(&self.pool)
+            .await?;
+            out.push(StreamCut { session_id, cut });
+        }
+        Ok(out)
+    }
+
+    async fn cut_stream(&self, cut: StreamCut, max: i64) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let floor: Option<i64> = sqlx::query_scalar(
+            "SELECT pruned_through FROM stream_floor WHERE session_id = $1 FOR UPDATE",
+        )
+        .bind(cut.session_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let floor = floor.unwrap_or(0);
+        let through = (cut.cut - 1).min(floor + max);
+        if through <= floor {
+            return Ok(0);
+        }
+        let n = sqlx::query("DELETE FROM events WHERE session_id = $1 AND seq > $2 AND seq <= $3")
+            .bind(cut.session_id)
+            .bind(floor)
+            .bind(through)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query(
+            "INSERT INTO stream_floor (session_id, pruned_through) VALUES ($1, $2) \
+             ON CONFLICT (session_id) DO UPDATE SET \
+             pruned_through = GREATEST(stream_floor.pruned_through, EXCLUDED.pruned_through)",
+        )
+        .bind(cut.session_id)
+        .bind(through)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn prune_tasks(&self, horizon: DateTime<Utc>, max: i64) -> Result<u64> {
+        let n = sqlx::query(&format!(
+            "DELETE FROM tasks WHERE task_id IN ( \
+               SELECT t.task_id FROM tasks t WHERE t.state IN {TERMINAL} \
+               AND t.updated_at < $1 \
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.task_id) \
+               LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        ))
+        .bind(horizon)
+        .bind(max)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn idle_sessions(&self, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.session_id FROM sessions s WHERE s.last_activity < $1 \
+             AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.session_id = s.session_id) LIMIT $2",
+        )
+        .bind(horizon)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn prune_sessions(&self, ids: Vec<Uuid>, horizon: DateTime<Utc>) -> Result<u64> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let gone: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM sessions s WHERE s.session_id = ANY($1) AND s.last_activity < $2 \
+             AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.session_id = s.session_id) \
+             RETURNING s.session_id",
+        )
+        .bind(&ids)
+        .bind(horizon)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM stream_floor WHERE session_id = ANY($1)")
+            .bind(&gone)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(gone.len() as u64)
+    }
+
+    async fn audit_prune_point(&self, horizon: DateTime<Utc>) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT c.seq, c.head, (SELECT a.hash FROM audit a WHERE a.seq = c.seq) AS hash \
+             FROM audit_checkpoints c WHERE c.at < $1 ORDER BY c.seq DESC LIMIT 1",
+        )
+        .bind(horizon)
+        .fetch_optional(&self.pool)
+        .await?;
+        let row = row
+            .map(|r| -> Result<_> {
+                Ok((r.try_get("seq")?, r.try_get("head")?, r.try_get("hash")?))
+            })
+            .transpose()?;
+        Ok(crate::store::sqlite::usable_checkpoint(row))
+    }
+
+    async fn prune_audit(&self, before: i64, max: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM audit WHERE seq >= (SELECT MIN(seq) FROM audit) \
+             AND seq < LEAST($1, (SELECT MIN(seq) FROM audit) + $2)",
+        )
+        .bind(before)
+        .bind(max)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}

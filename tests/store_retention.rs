@@ -1,0 +1,419 @@
+//! Retention at the store level, against every backend (SQLite always,
+//! PostgreSQL when `SWITCHBOARD_TEST_POSTGRES_URL` is set): streams are cut
+//! from the front only, up to the first event of a task still needed; the
+//! floor survives a restart (seqs go on, never reused); a follower meets
+//! the cut as a `stream.pruned` event; tasks and idle sessions go only
+//! when nothing refers to them; and a prune racing appends loses nothing
+//! that is not older than the horizon.
+//!
+//! Events are written with `at` in the past, so nothing here waits for a
+//! window to pass.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+use switchboard::bus::{Bus, Cursor};
+use switchboard::event::{EventBody, OutputChunk, StateChange, StreamKey, now};
+use switchboard::session::Session;
+use switchboard::store::retention::StreamCut;
+use switchboard::store::{Append, Store, TaskChange, Transition};
+use switchboard::task::{Task, TaskState};
+use uuid::Uuid;
+
+/// One test per backend for each suite function. Each gets the store, its
+/// bus and a way to open the same database again (a restart).
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+                    super::suite::$name(super::Db::new(url)).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(db) = crate::common::PgDb::create().await else { return };
+                    super::suite::$name(super::Db::new(db.url.clone())).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    streams_are_cut_from_the_front_up_to_a_needed_task,
+    the_floor_survives_a_restart_and_seqs_go_on,
+    a_follower_meets_the_cut_as_a_pruned_event,
+    tasks_and_sessions_go_only_when_nothing_refers_to_them,
+    a_prune_racing_appends_loses_nothing_inside_the_window,
+);
+
+/// A database URL to open (and reopen).
+pub struct Db {
+    url: String,
+}
+
+impl Db {
+    fn new(url: String) -> Self {
+        Db { url }
+    }
+
+    async fn open(&self) -> (Arc<dyn Store>, Arc<Bus>) {
+        let bus = Arc::new(Bus::new());
+        let store = switchboard::store::open(&self.url, bus.clone())
+            .await
+            .unwrap();
+        (store, bus)
+    }
+}
+
+async fn session(store: &Arc<dyn Store>, user: &str, at: DateTime<Utc>) -> Session {
+    if store.get_user(user).await.unwrap().is_none() {
+        let u =
+            switchboard::auth::User::new(user, [switchboard::rbac::Role::Developer].into(), now());
+        store
+            .create_user(&u, &format!("hash-{user}"), vec![])
+            .await
+            .unwrap();
+    }
+    let s = Session::new(user, None, BTreeSet::new(), false, at);
+    store.create_session(&s, vec![]).await.unwrap();
+    s
+}
+
+fn task(s: &Session) -> Task {
+    let at = now();
+    Task {
+        task_id: Uuid::new_v4(),
+        execution_uuid: Uuid::new_v4(),
+        session_id: s.session_id,
+        user_id: s.user_id.clone(),
+        agent_type: "echo".into(),
+        prompt: "p".into(),
+        context: json!({}),
+        params: json!({}),
+        state: TaskState::Pending,
+        result: None,
+        error: None,
+        metadata: json!({}),
+        idempotency_key: None,
+        created_at: at,
+        updated_at: at,
+        execution_time: None,
+    }
+}
+
+fn append(t: &Task, at: DateTime<Utc>, body: EventBody, change: TaskChange) -> Append {
+    Append {
+        session_id: t.session_id,
+        task_id: t.task_id,
+        at,
+        body,
+        change,
+        audit: vec![],
+    }
+}
+
+fn state(t: &Task, from: Option<TaskState>, to: TaskState, at: DateTime<Utc>) -> Append {
+    let body = EventBody::State(StateChange {
+        state: to,
+        prev_state: from,
+        message: to.to_string(),
+        agent_type: None,
+    });
+    let change = match from {
+        None => TaskChange::Insert(Box::new(t.clone())),
+        Some(from) => TaskChange::Transition(Transition {
+            from,
+            to,
+            result: (to == TaskState::Completed).then(|| "done".into()),
+            error: None,
+            execution_time: to.is_terminal().then_some(1.0),
+        }),
+    };
+    append(t, at, body, change)
+}
+
+async fn one(store: &Arc<dyn Store>, a: Append) -> i64 {
+    store
+        .append(vec![a])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .unwrap()
+        .seq
+}
+
+/// Start a task (pending, running) at `at`: its seqs.
+async fn start(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> Vec<i64> {
+    vec![
+        one(store, state(t, None, TaskState::Pending, at)).await,
+        one(
+            store,
+            state(t, Some(TaskState::Pending), TaskState::Running, at),
+        )
+        .await,
+    ]
+}
+
+async fn chunk(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> i64 {
+    let body = EventBody::Output(OutputChunk { chunk: "x".into() });
+    one(
+        store,
+        append(t, at, body, TaskChange::Require(TaskState::Running)),
+    )
+    .await
+}
+
+async fn finish(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> i64 {
+    one(
+        store,
+        state(t, Some(TaskState::Running), TaskState::Completed, at),
+    )
+    .await
+}
+
+/// Cut every prunable stream for `horizon`, all the way; rows removed.
+async fn prune_events(store: &Arc<dyn Store>, horizon: DateTime<Utc>) -> u64 {
+    let mut total = 0;
+    for cut in store.prunable_streams(horizon, 1000).await.unwrap() {
+        loop {
+            let n = store.cut_stream(cut, 3).await.unwrap();
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    total
+}
+
+async fn stored(store: &Arc<dyn Store>, s: &Session) -> Vec<i64> {
+    store
+        .events_after(s.session_id, 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+mod suite {
+    use super::*;
+
+    /// Old finished tasks' events go; the first event of a task that is
+    /// still running (or ended recently) holds everything after it, even
+    /// old events interleaved with it, so the kept stream has no hole.
+    pub async fn streams_are_cut_from_the_front_up_to_a_needed_task(db: Db) {
+        let (store, _) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let s = session(&store, "dev", old).await;
+        let (a, b, c) = (task(&s), task(&s), task(&s));
+        start(&store, &a, old).await; // 1, 2
+        chunk(&store, &a, old).await; // 3
+        start(&store, &b, old).await; // 4, 5: b keeps running
+        chunk(&store, &a, old).await; // 6: old, but after b's first event
+        finish(&store, &a, old).await; // 7
+        start(&store, &c, old).await; // 8, 9
+        finish(&store, &c, old).await; // 10
+
+        let horizon = now() - Duration::hours(1);
+        let plan = store.prunable_streams(horizon, 10).await.unwrap();
+        assert_eq!(
+            plan,
+            vec![StreamCut {
+                session_id: s.session_id,
+                cut: 4
+            }]
+        );
+        assert_eq!(prune_events(&store, horizon).await, 3);
+        assert_eq!(stored(&store, &s).await, (4..=10).collect::<Vec<_>>());
+        assert_eq!(store.stream_floor(s.session_id).await.unwrap(), 3);
+        // Nothing more to do until b ends...
+        assert_eq!(prune_events(&store, horizon).await, 0);
+        // ...and once it ended long enough ago, the whole stream goes.
+        finish(&store, &b, old).await; // 11
+        assert_eq!(prune_events(&store, horizon).await, 8);
+        assert!(stored(&store, &s).await.is_empty());
+        assert_eq!(store.stream_floor(s.session_id).await.unwrap(), 11);
+        // The task rows keep their state and result.
+        let kept = store.get_task(a.task_id).await.unwrap().unwrap();
+        assert_eq!(
+            (kept.state, kept.result.as_deref()),
+            (TaskState::Completed, Some("done"))
+        );
+        // A recent horizon removes nothing of a newer stream.
+        let fresh = session(&store, "dev", now()).await;
+        let t = task(&fresh);
+        start(&store, &t, now()).await;
+        finish(&store, &t, now()).await;
+        assert_eq!(prune_events(&store, horizon).await, 0);
+        assert_eq!(stored(&store, &fresh).await, vec![1, 2, 3]);
+    }
+
+    /// A stream whose every event was pruned goes on from its last seq
+    /// after a restart: seqs are never reused.
+    pub async fn the_floor_survives_a_restart_and_seqs_go_on(db: Db) {
+        let (store, _) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let s = session(&store, "dev", old).await;
+        let t = task(&s);
+        start(&store, &t, old).await;
+        finish(&store, &t, old).await; // seqs 1..=3
+        prune_events(&store, now() - Duration::hours(1)).await;
+        assert!(stored(&store, &s).await.is_empty());
+        store.close().await;
+        drop(store);
+
+        let (store, _) = db.open().await;
+        let again = store.get_session(s.session_id).await.unwrap().unwrap();
+        assert_eq!(again.last_seq, 3);
+        let next = task(&s);
+        assert_eq!(start(&store, &next, now()).await, vec![4, 5]);
+        assert_eq!(store.stream_floor(s.session_id).await.unwrap(), 3);
+    }
+
+    /// A reader positioned before the cut is told so in its stream
+    /// (`stream.pruned` with the earliest seq kept) and then gets the
+    /// kept events: never a silent gap.
+    pub async fn a_follower_meets_the_cut_as_a_pruned_event(db: Db) {
+        let (store, bus) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let s = session(&store, "dev", old).await;
+        let (a, b) = (task(&s), task(&s));
+        start(&store, &a, old).await;
+        finish(&store, &a, old).await; // 1..=3
+        start(&store, &b, now()).await; // 4, 5
+        prune_events(&store, now() - Duration::hours(1)).await;
+        let mut cursor = Cursor::new(&bus, store.clone(), StreamKey::Session(s.session_id), 1);
+        let notice = cursor.next().await.unwrap().unwrap();
+        assert_eq!(notice.seq, 0);
+        let frame: serde_json::Value = serde_json::from_str(notice.frame.payload_str()).unwrap();
+        assert_eq!(frame["type"], "stream.pruned");
+        assert_eq!(frame["data"]["earliest_seq"], 4);
+        assert_eq!(frame["stream"], format!("session:{}", s.session_id));
+        assert_eq!(cursor.next().await.unwrap().unwrap().seq, 4);
+        assert_eq!(cursor.next().await.unwrap().unwrap().seq, 5);
+        // A reader inside the kept range sees no notice.
+        let mut inside = Cursor::new(&bus, store.clone(), StreamKey::Session(s.session_id), 3);
+        assert_eq!(inside.next().await.unwrap().unwrap().seq, 4);
+    }
+
+    /// A finished task goes only once its events are gone; a session only
+    /// once it has no task and was idle since before the horizon.
+    pub async fn tasks_and_sessions_go_only_when_nothing_refers_to_them(db: Db) {
+        let (store, _) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let horizon = now() - Duration::hours(1);
+        let s = session(&store, "dev", old).await;
+        let idle = session(&store, "dev", old).await;
+        let fresh = session(&store, "dev", now()).await;
+        let t = task(&s);
+        start(&store, &t, old).await;
+        finish(&store, &t, old).await;
+        let running = task(&s);
+        start(&store, &running, now()).await;
+
+        // t still has events: not removed yet.
+        assert_eq!(store.prune_tasks(horizon, 100).await.unwrap(), 0);
+        prune_events(&store, horizon).await;
+        assert_eq!(store.prune_tasks(horizon, 100).await.unwrap(), 1);
+        assert!(store.get_task(t.task_id).await.unwrap().is_none());
+        assert!(store.get_task(running.task_id).await.unwrap().is_some());
+
+        // Only the idle session without tasks goes (s has a task, fresh is recent).
+        let ids = store.idle_sessions(horizon, 100).await.unwrap();
+        assert_eq!(ids, vec![idle.session_id]);
+        assert_eq!(store.prune_sessions(ids, horizon).await.unwrap(), 1);
+        assert!(store.get_session(idle.session_id).await.unwrap().is_none());
+        assert!(store.get_session(fresh.session_id).await.unwrap().is_some());
+        // Asking again for a session that has a task does nothing.
+        assert_eq!(
+            store
+                .prune_sessions(vec![s.session_id], horizon)
+                .await
+                .unwrap(),
+            0
+        );
+        // An append to the removed session is refused, not stored.
+        let late = task(&idle);
+        let refused = store
+            .append(vec![state(&late, None, TaskState::Pending, now())])
+            .await;
+        assert!(refused.unwrap().pop().unwrap().is_err());
+    }
+
+    /// Tasks appended while streams are being cut keep every event: only
+    /// tasks that ended before the horizon lose any, and the kept part of
+    /// each stream is one unbroken run.
+    pub async fn a_prune_racing_appends_loses_nothing_inside_the_window(db: Db) {
+        let (store, _) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let horizon = now() - Duration::hours(1);
+        let mut sessions = Vec::new();
+        for _ in 0..4 {
+            sessions.push(session(&store, "dev", old).await);
+        }
+        // Old history to prune.
+        for s in &sessions {
+            for _ in 0..20 {
+                let t = task(s);
+                start(&store, &t, old).await;
+                chunk(&store, &t, old).await;
+                finish(&store, &t, old).await;
+            }
+        }
+        let writers = sessions.iter().cloned().map(|s| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for _ in 0..25 {
+                    let t = task(&s);
+                    let mut seqs = start(&store, &t, now()).await;
+                    seqs.push(chunk(&store, &t, now()).await);
+                    seqs.push(chunk(&store, &t, now()).await);
+                    seqs.push(finish(&store, &t, now()).await);
+                    mine.push((t.task_id, seqs));
+                }
+                mine
+            })
+        });
+        let writers: Vec<_> = writers.collect();
+        let mut removed = 0;
+        while !writers.iter().all(|w| w.is_finished()) {
+            removed += prune_events(&store, horizon).await;
+            tokio::task::yield_now().await;
+        }
+        removed += prune_events(&store, horizon).await;
+        assert_eq!(removed, 4 * 20 * 4, "every old event goes");
+        for w in writers {
+            for (task_id, seqs) in w.await.unwrap() {
+                let kept: Vec<i64> = store
+                    .task_events(task_id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.seq)
+                    .collect();
+                assert_eq!(kept, seqs, "task {task_id} lost events");
+            }
+        }
+        for s in &sessions {
+            let kept = stored(&store, s).await;
+            let floor = store.stream_floor(s.session_id).await.unwrap();
+            assert_eq!(floor, 80);
+            assert_eq!(kept, (floor + 1..=floor + 125).collect::<Vec<_>>());
+        }
+    }
+}
