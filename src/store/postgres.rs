@@ -6,19 +6,28 @@
 //! chain extended under a lock on its single head row, so that writers on
 //! every node chain one after another.
 //!
-//! Every transaction that stores events or audit records also sends a small
-//! `NOTIFY` (stream, seq range), delivered by PostgreSQL only if it commits.
+//! Appends come in batches from the node's committer
+//! ([`crate::store::writer`]), and each batch is one transaction of a fixed
+//! number of statements ([`append`]): row locks in one order, every row
+//! written through `UNNEST` arrays, one `NOTIFY` carrying the streams and
+//! seq ranges it stored, delivered by PostgreSQL only if it commits.
 //! Each node's listener ([`listen`]) turns those into local bus publishes by
 //! reading the stored events back; the node that wrote them publishes them
-//! directly and the [`Fanout`] skips what was already published.
+//! directly and the [`fanout::Fanout`] skips what was already published.
 //! Work distribution and leases live in [`cluster`].
 
+mod append;
 mod cluster;
 mod counts;
+mod fanout;
 mod listen;
+mod notify;
+mod plan;
 mod projects;
 mod prune;
+mod rows;
 mod storage;
+mod write;
 
 pub use listen::listener_application_name;
 
@@ -28,12 +37,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use dashmap::DashMap;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Postgres, QueryBuilder, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -43,13 +48,14 @@ use crate::auth::User;
 use crate::bus::Bus;
 use crate::device::Device;
 use crate::error::Result;
-use crate::event::{EventBody, StoredEvent, StreamKey};
-use crate::protocol::ws::{audit_event_frame, event_data, publish_session_event};
-use crate::session::{Session, SessionState};
-use crate::store::{
-    Append, AuditQuery, Rejected, Signal, Stats, Store, TaskChange, TaskFilter, corrupt,
-};
-use crate::task::{Task, TaskState};
+use crate::event::StoredEvent;
+use crate::session::Session;
+use crate::store::{Append, AuditQuery, Rejected, Signal, Stats, Store, TaskFilter};
+use crate::task::Task;
+use fanout::Fanout;
+pub(crate) use rows::task_from;
+use rows::{audit_from, device_from, event_from, json, session_from, user_from};
+use write::write_audit;
 
 /// Channel of stored-event notifications: `s <session> <from> <to>` or `a <from> <to>`.
 pub const EVENTS_CHANNEL: &str = "switchboard_events";
@@ -89,10 +95,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             options,
-            fanout: Arc::new(Fanout {
-                bus,
-                published: DashMap::new(),
-            }),
+            fanout: Arc::new(Fanout::new(bus)),
             signals: broadcast::channel(1024).0,
         })
     }
@@ -101,340 +104,6 @@ impl PostgresStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-/// Publishes stored events to the local bus at most once per seq, whether
-/// they come from this node's commits or from another node's notification.
-pub(crate) struct Fanout {
-    bus: Arc<Bus>,
-    /// The highest seq published per stream.
-    published: DashMap<StreamKey, i64>,
-}
-
-impl Fanout {
-    /// Claim `seq` of `key` for publishing; false when it already was.
-    fn claim(&self, key: StreamKey, seq: i64) -> bool {
-        let mut last = self.published.entry(key).or_insert(0);
-        if seq <= *last {
-            return false;
-        }
-        *last = seq;
-        true
-    }
-
-    /// Whether anyone on this node listens to `key`'s events: its own
-    /// subscribers, or for a session those of the `tasks` stream.
-    fn listened(&self, key: StreamKey) -> bool {
-        self.bus.has_subscribers(&key)
-            || (matches!(key, StreamKey::Session(_)) && self.bus.has_subscribers(&StreamKey::Tasks))
-    }
-
-    /// The highest seq published for `key`, if any.
-    fn last(&self, key: &StreamKey) -> Option<i64> {
-        self.published.get(key).map(|s| *s)
-    }
-
-    /// Publish committed events and audit records not yet published.
-    fn publish(&self, events: &[StoredEvent], audit: &[AuditRecord]) {
-        let tasks = self.bus.has_subscribers(&StreamKey::Tasks);
-        for e in events {
-            let key = StreamKey::Session(e.session_id);
-            let state = tasks && matches!(e.body, EventBody::State(_));
-            if (state || self.bus.has_subscribers(&key)) && self.claim(key, e.seq) {
-                publish_session_event(&self.bus, e, &event_data(e));
-            }
-        }
-        for r in audit {
-            if self.bus.has_subscribers(&StreamKey::Audit) && self.claim(StreamKey::Audit, r.seq) {
-                self.bus
-                    .publish(StreamKey::Audit, r.seq, || audit_event_frame(r));
-            }
-        }
-    }
-}
-
-fn json<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-fn from_json<T: DeserializeOwned>(row: &PgRow, column: &str) -> Result<T> {
-    let v: Value = row.try_get(column)?;
-    serde_json::from_value(v).map_err(corrupt)
-}
-
-fn user_from(row: &PgRow) -> Result<User> {
-    Ok(User {
-        user_id: row.try_get("user_id")?,
-        roles: from_json(row, "roles")?,
-        grants: from_json(row, "grants")?,
-        revokes: from_json(row, "revokes")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn session_from(row: &PgRow) -> Result<Session> {
-    let state: &str = row.try_get("state")?;
-    Ok(Session {
-        session_id: row.try_get("session_id")?,
-        user_id: row.try_get("user_id")?,
-        device_id: row.try_get("device_id")?,
-        created_at: row.try_get("created_at")?,
-        last_activity: row.try_get("last_activity")?,
-        permissions: from_json(row, "permissions")?,
-        state: if state == "active" {
-            SessionState::Active
-        } else {
-            SessionState::Ended
-        },
-        last_seq: row.try_get("last_seq")?,
-        is_default: row.try_get("is_default")?,
-    })
-}
-
-pub(crate) fn task_from(row: &PgRow) -> Result<Task> {
-    let state: &str = row.try_get("state")?;
-    Ok(Task {
-        task_id: row.try_get("task_id")?,
-        execution_uuid: row.try_get("execution_uuid")?,
-        session_id: row.try_get("session_id")?,
-        user_id: row.try_get("user_id")?,
-        agent_type: row.try_get("agent_type")?,
-        prompt: row.try_get("prompt")?,
-        context: row.try_get("context")?,
-        params: row.try_get("params")?,
-        state: state.parse().map_err(corrupt)?,
-        result: row.try_get("result")?,
-        error: row.try_get("error")?,
-        metadata: row.try_get("metadata")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        execution_time: row.try_get("execution_time")?,
-    })
-}
-
-fn event_from(row: &PgRow) -> Result<StoredEvent> {
-    let kind: String = row.try_get("event_type")?;
-    let data: Value = row.try_get("data")?;
-    let body: EventBody =
-        serde_json::from_value(serde_json::json!({"type": kind, "data": data})).map_err(corrupt)?;
-    Ok(StoredEvent {
-        session_id: row.try_get("session_id")?,
-        seq: row.try_get("seq")?,
-        task_id: row.try_get("task_id")?,
-        at: row.try_get("at")?,
-        body,
-    })
-}
-
-fn audit_from(row: &PgRow) -> Result<AuditRecord> {
-    Ok(AuditRecord {
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        timestamp: row.try_get("timestamp")?,
-        user_id: row.try_get("user_id")?,
-        session_id: row.try_get("session_id")?,
-        resource_type: row.try_get("resource_type")?,
-        resource_id: row.try_get("resource_id")?,
-        action: row.try_get("action")?,
-        status: row.try_get("status")?,
-        details: row.try_get("details")?,
-        seq: row.try_get("seq")?,
-        hash: row.try_get("hash")?,
-        prev_hash: row.try_get("prev_hash")?,
-    })
-}
-
-/// Send a notification that is delivered only if `tx` commits.
-async fn notify(tx: &mut Transaction<'_, Postgres>, channel: &str, payload: &str) -> Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(payload)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Chain and insert audit records inside `tx`, holding the chain's head row
-/// until commit so that writers on every node take turns.
-async fn write_audit(
-    tx: &mut Transaction<'_, Postgres>,
-    records: Vec<NewAudit>,
-) -> Result<Vec<AuditRecord>> {
-    if records.is_empty() {
-        return Ok(Vec::new());
-    }
-    let (mut seq, mut prev): (i64, String) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut **tx)
-            .await?;
-    let first = seq + 1;
-    let mut out = Vec::with_capacity(records.len());
-    for new in records {
-        seq += 1;
-        let r = new.chain(seq, &prev);
-        sqlx::query(
-            "INSERT INTO audit (seq, event_id, event_type, timestamp, user_id, session_id, resource_type, \
-             resource_id, action, status, details, hash, prev_hash) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-        )
-        .bind(r.seq)
-        .bind(r.event_id)
-        .bind(&r.event_type)
-        .bind(r.timestamp)
-        .bind(&r.user_id)
-        .bind(r.session_id)
-        .bind(&r.resource_type)
-        .bind(&r.resource_id)
-        .bind(&r.action)
-        .bind(&r.status)
-        .bind(&r.details)
-        .bind(&r.hash)
-        .bind(&r.prev_hash)
-        .execute(&mut **tx)
-        .await?;
-        prev = r.hash.clone();
-        out.push(r);
-    }
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(&prev)
-        .execute(&mut **tx)
-        .await?;
-    notify(tx, EVENTS_CHANNEL, &format!("a {first} {seq}")).await?;
-    Ok(out)
-}
-
-/// The state of a task, or `NoTask`.
-async fn current_state(
-    tx: &mut Transaction<'_, Postgres>,
-    task_id: Uuid,
-) -> Result<Result<TaskState, Rejected>> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM tasks WHERE task_id = $1")
-        .bind(task_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match state {
-        None => Err(Rejected::NoTask),
-        Some(s) => Ok(s.parse::<TaskState>().map_err(corrupt)?),
-    })
-}
-
-/// Apply one append's task change; `Err` means it is refused.
-async fn apply_change(
-    tx: &mut Transaction<'_, Postgres>,
-    a: &Append,
-) -> Result<Result<(), Rejected>> {
-    match &a.change {
-        TaskChange::Insert(t) => {
-            let owner: Option<(String, String)> =
-                sqlx::query_as("SELECT user_id, state FROM sessions WHERE session_id = $1")
-                    .bind(a.session_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-            if owner.is_none_or(|(user, state)| user != t.user_id || state != "active") {
-                return Ok(Err(Rejected::NoSession));
-            }
-            let done = sqlx::query(
-                "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
-                 params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16) ON CONFLICT DO NOTHING",
-            )
-            .bind(t.task_id)
-            .bind(t.execution_uuid)
-            .bind(t.session_id)
-            .bind(&t.user_id)
-            .bind(&t.agent_type)
-            .bind(&t.prompt)
-            .bind(&t.context)
-            .bind(&t.params)
-            .bind(t.state.as_str())
-            .bind(&t.result)
-            .bind(&t.error)
-            .bind(&t.metadata)
-            .bind(&t.idempotency_key)
-            .bind(t.created_at)
-            .bind(t.updated_at)
-            .bind(t.execution_time)
-            .execute(&mut **tx)
-            .await?;
-            if done.rows_affected() != 1 {
-                return Ok(Err(Rejected::Duplicate));
-            }
-            if t.state == TaskState::Pending {
-                // Wakes the nodes that could claim it, once committed.
-                notify(tx, super::postgres::TASKS_CHANNEL, &t.agent_type).await?;
-            }
-            Ok(Ok(()))
-        }
-        TaskChange::Transition(t) => {
-            let done = sqlx::query(
-                "UPDATE tasks SET state = $1, result = COALESCE($2, result), error = COALESCE($3, error), \
-                 execution_time = COALESCE($4, execution_time), updated_at = $5 WHERE task_id = $6 AND state = $7",
-            )
-            .bind(t.to.as_str())
-            .bind(&t.result)
-            .bind(&t.error)
-            .bind(t.execution_time)
-            .bind(a.at)
-            .bind(a.task_id)
-            .bind(t.from.as_str())
-            .execute(&mut **tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Ok(()));
-            }
-            Ok(Err(match current_state(tx, a.task_id).await? {
-                Ok(state) => Rejected::StateIs(state),
-                Err(r) => r,
-            }))
-        }
-        TaskChange::Require(want) => Ok(match current_state(tx, a.task_id).await? {
-            Ok(state) if state == *want => Ok(()),
-            Ok(state) => Err(Rejected::StateIs(state)),
-            Err(r) => Err(r),
-        }),
-    }
-}
-
-/// Store one event after its change was applied: bump the stream's seq and
-/// insert the row.
-async fn insert_event(tx: &mut Transaction<'_, Postgres>, a: &Append) -> Result<i64> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE sessions SET last_seq = last_seq + 1, last_activity = $1 WHERE session_id = $2 RETURNING last_seq",
-    )
-    .bind(a.at)
-    .bind(a.session_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    let data = serde_json::to_value(&a.body).map_err(corrupt)?;
-    sqlx::query(
-        "INSERT INTO events (session_id, seq, task_id, event_type, data, at) VALUES ($1,$2,$3,$4,$5,$6)",
-    )
-    .bind(a.session_id)
-    .bind(seq)
-    .bind(a.task_id)
-    .bind(a.body.type_name())
-    .bind(&data["data"])
-    .bind(a.at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(seq)
-}
-
-/// Notify one `s <session> <from> <to>` per stream touched by `stored`.
-async fn notify_events(tx: &mut Transaction<'_, Postgres>, stored: &[StoredEvent]) -> Result<()> {
-    let mut ranges: Vec<(Uuid, i64, i64)> = Vec::new();
-    for e in stored {
-        match ranges.iter_mut().find(|r| r.0 == e.session_id) {
-            Some(r) => r.2 = e.seq,
-            None => ranges.push((e.session_id, e.seq, e.seq)),
-        }
-    }
-    for (session, from, to) in ranges {
-        notify(tx, EVENTS_CHANNEL, &format!("s {session} {from} {to}")).await?;
-    }
-    Ok(())
 }
 
 impl PostgresStore {
@@ -650,45 +319,7 @@ impl Store for PostgresStore {
     }
 
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Result<StoredEvent, Rejected>>> {
-        let mut tx = self.pool.begin().await?;
-        // Lock every stream of the batch in one order, so that two nodes'
-        // batches over the same sessions cannot deadlock.
-        let mut sessions: Vec<Uuid> = batch.iter().map(|a| a.session_id).collect();
-        sessions.sort();
-        sessions.dedup();
-        sqlx::query(
-            "SELECT 1 FROM sessions WHERE session_id = ANY($1) ORDER BY session_id FOR UPDATE",
-        )
-        .bind(&sessions)
-        .execute(&mut *tx)
-        .await?;
-        let mut results = Vec::with_capacity(batch.len());
-        let mut stored = Vec::with_capacity(batch.len());
-        let mut audit_new = Vec::new();
-        for a in batch {
-            // The condition first: a refused change must not consume a seq.
-            if let Err(rejected) = apply_change(&mut tx, &a).await? {
-                results.push(Err(rejected));
-                continue;
-            }
-            let seq = insert_event(&mut tx, &a).await?;
-            audit_new.extend(a.audit);
-            let event = StoredEvent {
-                session_id: a.session_id,
-                seq,
-                task_id: a.task_id,
-                at: a.at,
-                body: a.body,
-            };
-            stored.push(event.clone());
-            results.push(Ok(event));
-        }
-        notify_events(&mut tx, &stored).await?;
-        let audit = write_audit(&mut tx, audit_new).await?;
-        tx.commit().await?;
-        metrics::counter!("switchboard_events_stored_total").increment(stored.len() as u64);
-        self.fanout.publish(&stored, &audit);
-        Ok(results)
+        self.append_batch(batch).await
     }
 
     async fn get_task(&self, task_id: Uuid) -> Result<Option<Task>> {
@@ -977,18 +608,4 @@ impl Store for PostgresStore {
         .await?;
         Ok(done.rows_affected() == 1)
     }
-}
-
-fn device_from(row: &PgRow) -> Result<Device> {
-    let state: String = row.try_get("state")?;
-    Ok(Device {
-        device_id: row.try_get("device_id")?,
-        user_id: row.try_get("user_id")?,
-        name: row.try_get("name")?,
-        public_key: row.try_get("public_key")?,
-        state: state.parse().map_err(corrupt)?,
-        first_seen: row.try_get("first_seen")?,
-        last_seen: row.try_get("last_seen")?,
-        decided_by: row.try_get("decided_by")?,
-    })
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::{CONTROL_CHANNEL, EVENTS_CHANNEL, PostgresStore, TASKS_CHANNEL};
+use super::{CONTROL_CHANNEL, EVENTS_CHANNEL, PostgresStore, TASKS_CHANNEL, notify};
 use crate::bus::read_stored;
 use crate::event::StreamKey;
 use crate::protocol::ws::tasks_lagged_frame;
@@ -99,7 +99,7 @@ impl PostgresStore {
     async fn on_notification(&self, channel: &str, payload: &str) {
         match channel {
             EVENTS_CHANNEL => {
-                if let Some((key, from, to)) = parse_events(payload) {
+                for (key, from, to) in notify::parse(payload) {
                     if let Err(e) = self.publish_range(key, from, to).await {
                         tracing::warn!(error = %e, stream = %key, "could not read notified events");
                     }
@@ -189,36 +189,5 @@ impl PostgresStore {
                 }
             }
         }
-    }
-}
-
-/// `s <session> <from> <to>` or `a <from> <to>`.
-fn parse_events(payload: &str) -> Option<(StreamKey, i64, i64)> {
-    let mut parts = payload.split(' ');
-    let key = match parts.next()? {
-        "s" => StreamKey::Session(parts.next()?.parse().ok()?),
-        "a" => StreamKey::Audit,
-        _ => return None,
-    };
-    let from = parts.next()?.parse().ok()?;
-    let to = parts.next()?.parse().ok()?;
-    Some((key, from, to))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Event notifications parse; junk is ignored.
-    #[test]
-    fn payloads_parse() {
-        let id = uuid::Uuid::new_v4();
-        assert_eq!(
-            parse_events(&format!("s {id} 3 5")),
-            Some((StreamKey::Session(id), 3, 5))
-        );
-        assert_eq!(parse_events("a 7 7"), Some((StreamKey::Audit, 7, 7)));
-        assert_eq!(parse_events("s nope 1 2"), None);
-        assert_eq!(parse_events("x"), None);
     }
 }
