@@ -127,6 +127,12 @@ impl Runtime {
         match cluster.expired().await {
             Ok(expired) => {
                 for (task, node) in expired {
+                    // This node's own, still driven here: it is alive and
+                    // renews it next round (its renewal lagged, say while
+                    // the store was away); settling it would run it twice.
+                    if node == self.node_id && live.contains(&task.task_id) {
+                        continue;
+                    }
                     tracing::warn!(task_id = %task.task_id, %node, "lease expired");
                     self.settle_lost(cluster, &task, &node, Lost::Expired).await;
                 }

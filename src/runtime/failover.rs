@@ -150,7 +150,7 @@ impl Runtime {
         node: &str,
         lost: Lost,
     ) -> crate::error::Result<()> {
-        let tref = (&*task).into();
+        let tref = task.into();
         let mut from = task.state;
         for _ in 0..4 {
             let audit = vec![
