@@ -39,8 +39,16 @@ async fn terminate(node: BinaryServer) -> (std::process::ExitStatus, String) {
         .await
         .expect("the node did not exit after SIGTERM")
         .expect("wait");
-    let log = node.log.lock().unwrap().clone();
-    (status, log)
+    // The log is read from the pipe by a task of its own: wait for the
+    // node's last line to have been read.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = node.log.lock().unwrap().clone();
+        if log.lines().any(|l| l.ends_with(" stopped")) || tokio::time::Instant::now() > deadline {
+            return (status, log);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Poll `GET /api/runtime/tasks/{id}` on `node` until `done` holds.
