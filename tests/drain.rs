@@ -69,6 +69,25 @@ async fn wait_task_events(node: &BinaryServer, id: &str, done: impl Fn(&Value) -
     }
 }
 
+/// Wait until `on` lists `agent` as run by another live node.
+async fn wait_agent(on: &BinaryServer, agent: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, list) = on.get("/api/runtime/agents", ADMIN_TOKEN).await;
+        if list
+            .as_array()
+            .is_some_and(|l| l.iter().any(|a| a["agent_type"] == agent))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{agent} never listed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The task's output so far.
 fn output(task: &Value) -> String {
     task["events"]
@@ -284,6 +303,7 @@ async fn a_task_outliving_the_drain_fails_saying_so() {
     );
     let a = BinaryServer::start_url(&db.url, &["--node-id", "a", "--config", &long]).await;
     let b = BinaryServer::start_url(&db.url, &["--node-id", "b", "--config", &plain]).await;
+    wait_agent(&b, "long").await;
     let (status, task) = b
         .post(
             "/api/runtime/tasks/submit",
