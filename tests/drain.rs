@@ -338,7 +338,7 @@ fn failover_config(dir: &tempfile::TempDir, name: &str) -> String {
         format!(
             "[[agents]]\nname = \"{agent}\"\nkind = \"command\"\n\
              command = [\"sh\", \"-c\", \"{script}\", \"{{prompt}}\"]\nenv = [\"PATH\", \"NODE_NAME={name}\"]\n\
-             rerun_on_node_loss = {rerun}\n\n"
+             rerun_on_node_loss = {rerun}\nmax_concurrent = 1\n\n"
         )
     };
     config(
@@ -352,10 +352,11 @@ fn failover_config(dir: &tempfile::TempDir, name: &str) -> String {
     )
 }
 
-/// kill -9 the node running two tasks: the one of the re-runnable agent
-/// goes back to `pending` with an event naming the lost node, runs again
-/// on the other node from the start and completes there; the other fails
-/// as before, naming the node.
+/// kill -9 the node running two tasks and holding a third in its queue:
+/// the one of the re-runnable agent goes back to `pending` with an event
+/// naming the lost node, runs again on the other node from the start and
+/// completes there; the other fails as before, naming the node; the queued
+/// one, never started, is released and runs on the other node.
 #[tokio::test]
 async fn a_rerunnable_task_of_a_killed_node_runs_again_elsewhere() {
     let Some(db) = PgDb::create().await else {
@@ -379,6 +380,16 @@ async fn a_rerunnable_task_of_a_killed_node_runs_again_elsewhere() {
         wait_task_events(&a, &id, |t| output(t).contains("started on a")).await;
         ids.push(id);
     }
+    // One more for the agent's single slot: claimed by node a, queued there.
+    let (status, task) = a
+        .post(
+            "/api/runtime/tasks/submit",
+            ADMIN_TOKEN,
+            json!({"agent_type": "again", "prompt": "queued"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{task}");
+    let queued = task["task_id"].as_str().unwrap().to_owned();
     let b = BinaryServer::start_url(&db.url, &["--node-id", "b", "--config", &cfg_b]).await;
     a.kill9().await;
 
@@ -427,4 +438,21 @@ async fn a_rerunnable_task_of_a_killed_node_runs_again_elsewhere() {
         error.contains("node a stopped renewing its lease"),
         "{error}"
     );
+
+    // The queued task never started: given back to the pool, it simply runs
+    // on node b, with no re-run.
+    let queued = wait_task_events(&b, &queued, |t| is_terminal(&t["state"])).await;
+    assert_eq!(queued["state"], "completed", "{queued}");
+    let states: Vec<&str> = queued["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        ["pending", "planning", "running", "completed"],
+        "{queued}"
+    );
+    assert!(output(&queued).contains("finished on b"), "{queued}");
 }
