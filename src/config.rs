@@ -35,6 +35,10 @@ pub struct Limits {
     /// without renewal. A node that dies loses its tasks (failed) within
     /// about this long; it renews every third of it.
     pub lease_ms: u64,
+    /// With PostgreSQL: on SIGTERM, how long the node lets its running
+    /// tasks finish (after handing its queued ones to other nodes) before
+    /// it fails what is left.
+    pub drain_ms: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             max_page: 1000,
             stream_ring: crate::bus::RING_CAPACITY,
             lease_ms: 15_000,
+            drain_ms: 30_000,
         }
     }
 }
@@ -129,6 +134,11 @@ pub struct AgentConfig {
     pub env: Option<Vec<String>>,
     /// kind = command: time between SIGTERM and SIGKILL on stop.
     pub kill_grace_ms: Option<u64>,
+    /// On a cluster: a task of this agent whose node was lost is run again
+    /// from the start on another node, instead of failed. Off by default:
+    /// an agent's side effects may not bear repeating.
+    #[serde(default)]
+    pub rerun_on_node_loss: bool,
 }
 
 /// One `[[skills]]` entry.

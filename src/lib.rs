@@ -90,8 +90,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Run a node on `listener` until `shutdown` resolves, then shut down
-/// gracefully: sockets get close 1001, in-flight tasks are recorded as failed
-/// and every queued write is committed before this returns.
+/// gracefully: sockets get close 1001, a cluster node drains (queued tasks go
+/// to other nodes, running ones get `[limits] drain_ms` to finish), in-flight
+/// tasks are recorded as failed and every queued write is committed before
+/// this returns.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
@@ -156,19 +158,23 @@ pub async fn serve(
     tracing::info!(node_id = %config.node_id, "listening on http://{addr}");
     let signal = state.shutdown.clone();
     let runtime_for_stop = runtime.clone();
-    tokio::spawn(async move {
+    let drained = tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
         signal.cancel();
         runtime_for_stop
             .presence()
             .close_all(presence::CloseReason::Shutdown);
+        // A cluster node hands its queued tasks over and lets running ones
+        // finish, up to `[limits] drain_ms`; a lone node does not wait.
+        runtime_for_stop.drain().await;
     });
     http::serve::run(listener, app, state.clone(), state.shutdown.clone()).await;
 
     // The listener is closed; sockets were told to close (1001).
     state.connections.close();
     state.connections.wait().await;
+    let _ = drained.await;
     prune_stop.cancel();
     let _ = pruner.await;
     engine_stop.cancel();

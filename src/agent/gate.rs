@@ -25,6 +25,9 @@ pub struct Gated {
     inner: Arc<dyn Agent>,
     approval: bool,
     timeout_ms: Option<u64>,
+    /// `rerun_on_node_loss`, shown in `metadata` so that every node of a
+    /// cluster knows it from the heartbeats.
+    rerun: bool,
 }
 
 impl Gated {
@@ -34,7 +37,14 @@ impl Gated {
             inner,
             approval,
             timeout_ms,
+            rerun: false,
         }
+    }
+
+    /// Mark the agent re-runnable after the loss of its node.
+    pub fn rerun_on_node_loss(mut self, on: bool) -> Self {
+        self.rerun = on;
+        self
     }
 
     /// The timeout of a task with these params: its own, capped by the agent's.
@@ -55,6 +65,9 @@ impl Agent for Gated {
             m.insert("approval".into(), self.approval.into());
             if let Some(t) = self.timeout_ms {
                 m.insert("timeout_ms".into(), t.into());
+            }
+            if self.rerun {
+                m.insert("rerun_on_node_loss".into(), true.into());
             }
         }
         info

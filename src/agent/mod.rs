@@ -278,7 +278,10 @@ impl AgentRegistry {
                     Arc::new(Unavailable::new(a, reason))
                 }
             };
-            let gated = Arc::new(gate::Gated::new(agent, a.approval, a.timeout_ms));
+            let gated = Arc::new(
+                gate::Gated::new(agent, a.approval, a.timeout_ms)
+                    .rerun_on_node_loss(a.rerun_on_node_loss),
+            );
             let allowed_roles = a
                 .allowed_roles
                 .as_ref()

@@ -40,6 +40,8 @@ pub mod kind {
     pub const TASK_FAILED: &str = "task.failed";
     pub const TASK_CANCELLED: &str = "task.cancelled";
     pub const TASK_RESPONDED: &str = "task.responded";
+    /// A task of a lost node went back to `pending` to run again.
+    pub const TASK_RERUN: &str = "task.rerun";
     pub const PERMISSION_GRANTED: &str = "permission.granted";
     pub const PERMISSION_REVOKED: &str = "permission.revoked";
     pub const PERMISSION_DENIED: &str = "permission.denied";

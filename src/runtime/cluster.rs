@@ -5,7 +5,9 @@
 //! other nodes.
 //!
 //! A node that dies stops renewing; within one lease plus one tick another
-//! node fails its tasks with a reason naming it.
+//! node settles its tasks (see `failover`): not started ones go back to the
+//! pool, those of re-runnable agents start over, the rest fail with a reason
+//! naming it. A draining node (see `drain`) claims nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentInfo, Answer};
 use crate::runtime::Runtime;
+use crate::runtime::failover::Lost;
 use crate::store::{Cluster, NodeAgent, Signal};
 
 impl Runtime {
@@ -77,6 +80,9 @@ impl Runtime {
 
     /// Claim what this node can run now and start it.
     async fn claim_work(&self, cluster: &dyn Cluster, only: Option<&str>) {
+        if self.engine.is_draining() {
+            return;
+        }
         for agent in self.runnable_here() {
             if only.is_some_and(|o| o != agent) {
                 continue;
@@ -108,12 +114,11 @@ impl Runtime {
     /// One periodic round: heartbeat, renew, reap, claim.
     async fn cluster_tick(&self, cluster: &dyn Cluster) {
         // Renew first: it is what keeps this node's tasks alive.
-        if let Err(e) = cluster
-            .renew(&self.node_id, &self.engine.live_ids(), self.lease())
-            .await
-        {
+        let live = self.engine.live_ids();
+        if let Err(e) = cluster.renew(&self.node_id, &live, self.lease()).await {
             tracing::warn!(error = %e, "renewing leases failed");
         }
+        self.abandon_lost(cluster, &live).await;
         let agents = self.engine.agents().list();
         if let Err(e) = cluster.heartbeat(&self.node_id, &agents).await {
             tracing::warn!(error = %e, "heartbeat failed");
@@ -122,15 +127,14 @@ impl Runtime {
         match cluster.expired().await {
             Ok(expired) => {
                 for (task, node) in expired {
-                    let reason = format!(
-                        "node {node} stopped renewing its lease while the task was {}",
-                        task.state
-                    );
-                    tracing::warn!(task_id = %task.task_id, %node, "lease expired; failing the task");
-                    if let Err(e) = self.engine.fail(&(&task).into(), task.state, &reason).await {
-                        tracing::warn!(error = %e, "could not fail a task with an expired lease");
+                    // This node's own, still driven here: it is alive and
+                    // renews it next round (its renewal lagged, say while
+                    // the store was away); settling it would run it twice.
+                    if node == self.node_id && live.contains(&task.task_id) {
+                        continue;
                     }
-                    self.engine.stop(task.task_id);
+                    tracing::warn!(task_id = %task.task_id, %node, "lease expired");
+                    self.settle_lost(cluster, &task, &node, Lost::Expired).await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "looking for expired leases failed"),

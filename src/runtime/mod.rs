@@ -10,6 +10,8 @@ mod admin;
 pub mod audit;
 pub mod cluster;
 pub mod devices;
+mod drain;
+mod failover;
 pub mod hosts;
 mod projects;
 pub mod retention;
@@ -332,9 +334,10 @@ impl Runtime {
     /// failed with a clear reason (they are not resumed: an agent's side
     /// effects cannot be assumed repeatable).
     ///
-    /// With a shared store only this node's own tasks are failed, and those
-    /// whose node stopped renewing its lease; other nodes' tasks run on, and
-    /// pending tasks wait to be claimed.
+    /// With a shared store only this node's own tasks and those whose node
+    /// stopped renewing its lease are settled (see `failover`: not started
+    /// ones go back to the pool, re-runnable ones start over, the rest
+    /// fail); other nodes' tasks run on.
     pub async fn recover(&self) -> anyhow::Result<usize> {
         let stale: Vec<(Task, String)> = match self.store.cluster() {
             None => self
@@ -350,30 +353,7 @@ impl Runtime {
                     (t, reason)
                 })
                 .collect(),
-            Some(cluster) => {
-                let mut stale: Vec<(Task, String)> = cluster
-                    .owned_by(&self.node_id)
-                    .await?
-                    .into_iter()
-                    .map(|t| {
-                        let reason = format!(
-                            "node {} restarted while this task was {}; it was not resumed",
-                            self.node_id, t.state
-                        );
-                        (t, reason)
-                    })
-                    .collect();
-                for (t, node) in cluster.expired().await? {
-                    if node != self.node_id {
-                        let reason = format!(
-                            "node {node} stopped renewing its lease while the task was {}",
-                            t.state
-                        );
-                        stale.push((t, reason));
-                    }
-                }
-                stale
-            }
+            Some(cluster) => return self.recover_cluster(cluster).await,
         };
         for (task, reason) in &stale {
             self.engine.fail(&task.into(), task.state, reason).await?;

@@ -243,7 +243,7 @@ impl Runtime {
             self.engine.start(task);
             return;
         };
-        if !agent_here {
+        if !agent_here || self.engine.is_draining() {
             return; // the insert's NOTIFY wakes the nodes that have it
         }
         match cluster

@@ -443,6 +443,16 @@ pub trait Cluster: Send + Sync {
     async fn expired(&self) -> Result<Vec<(Task, String)>>;
     /// Unfinished tasks claimed by `node_id`.
     async fn owned_by(&self, node_id: &str) -> Result<Vec<Task>>;
+    /// Give back the claims of `node_id` on these tasks, those still
+    /// `pending` (not started), so that any node may claim them. Returns
+    /// the agent of each task released.
+    async fn release(&self, node_id: &str, task_ids: &[Uuid]) -> Result<Vec<String>>;
+    /// Give back the claim on a `pending` task whose lease has expired (its
+    /// node was lost). Returns its agent when it was released.
+    async fn release_expired(&self, task_id: Uuid) -> Result<Option<String>>;
+    /// Of these tasks, which `node_id` drives, those another node has
+    /// claimed since (this node lost their lease).
+    async fn claimed_elsewhere(&self, node_id: &str, task_ids: &[Uuid]) -> Result<Vec<Uuid>>;
     /// Send a signal to every node.
     async fn signal(&self, signal: &Signal) -> Result<()>;
     /// Signals from every node (including this one).

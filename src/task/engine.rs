@@ -7,7 +7,8 @@
 //! state machine forbids: the loser is told the task's current state.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -33,6 +34,11 @@ struct Live {
     /// Where an answer to a waiting task goes. A std mutex is right here: it
     /// is only held to swap the sender, never across an await.
     answer: Mutex<Option<oneshot::Sender<Answer>>>,
+    /// Its `planning` and `running` are stored: from here on, a task found
+    /// back in `pending` was queued again elsewhere (its node was lost).
+    started: AtomicBool,
+    /// Another node holds the task now: stop without recording anything.
+    abandoned: AtomicBool,
 }
 
 /// The identity of a task, enough to write its events.
@@ -66,6 +72,15 @@ pub struct Engine {
     live: DashMap<Uuid, Arc<Live>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Fired when a cluster node starts draining: tasks still waiting for
+    /// an agent slot give up their claim instead of starting here.
+    draining: CancellationToken,
+    /// Tasks given up while draining whose claim is not yet released in
+    /// the store, with their agent. A std mutex: held only to push or take.
+    handed_back: Mutex<Vec<(Uuid, String)>>,
+    /// Why drivers were stopped, when it is more than the plain shutdown
+    /// (a drain that ran out of time).
+    stop_reason: OnceLock<String>,
 }
 
 impl Engine {
@@ -81,6 +96,9 @@ impl Engine {
             live: DashMap::new(),
             tracker: TaskTracker::new(),
             shutdown,
+            draining: CancellationToken::new(),
+            handed_back: Mutex::new(Vec::new()),
+            stop_reason: OnceLock::new(),
         })
     }
 
@@ -153,6 +171,8 @@ impl Engine {
         let live = Arc::new(Live {
             cancel: self.shutdown.child_token(),
             answer: Mutex::new(None),
+            started: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
         });
         if self.live.contains_key(&task.task_id) {
             return;
@@ -163,10 +183,17 @@ impl Engine {
             let id = task.task_id;
             let span = tracing::info_span!("task", task_id = %id, agent = %task.agent_type);
             let tref = TaskRef::from(&task);
-            let driven = engine.clone().drive(task, live, begun);
+            let driven = engine.clone().drive(task, live.clone(), begun);
             if let Err(e) = tracing::Instrument::instrument(driven, span).await {
-                tracing::warn!(task_id = %id, error = %e, "the task's driver failed");
-                engine.fail_when_stored(&tref, &e).await;
+                if !live.abandoned.load(Ordering::Relaxed) {
+                    tracing::warn!(task_id = %id, error = %e, "the task's driver failed");
+                    let believed = if live.started.load(Ordering::Relaxed) {
+                        TaskState::Running
+                    } else {
+                        TaskState::Pending
+                    };
+                    engine.fail_when_stored(&tref, believed, &e).await;
+                }
             }
             engine.live.remove(&id);
         });
@@ -179,6 +206,16 @@ impl Engine {
         }
     }
 
+    /// Stop the agent of a task another node holds now (its lease was lost
+    /// and it was claimed again), recording nothing: the task is not this
+    /// node's to end.
+    pub fn abandon(&self, task_id: Uuid) {
+        if let Some(live) = self.live.get(&task_id) {
+            live.abandoned.store(true, Ordering::Relaxed);
+            live.cancel.cancel();
+        }
+    }
+
     /// Hand an answer to a task waiting on this node. Returns false when no
     /// agent here is waiting for it.
     pub fn answer(&self, task_id: Uuid, answer: Answer) -> bool {
@@ -187,6 +224,33 @@ impl Engine {
         };
         let sender = live.answer.lock().map(|mut a| a.take()).unwrap_or(None);
         sender.is_some_and(|tx| tx.send(answer).is_ok())
+    }
+
+    /// Start draining: from now on, tasks waiting for an agent slot on this
+    /// node give up instead of starting (see [`Engine::take_handed_back`]).
+    pub fn begin_drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Whether the node is draining (it claims no new work).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// The tasks given up since the last call, with their agent: still
+    /// `pending` and claimed by this node in the store, for the caller to
+    /// release.
+    pub fn take_handed_back(&self) -> Vec<(Uuid, String)> {
+        self.handed_back
+            .lock()
+            .map(|mut h| std::mem::take(&mut *h))
+            .unwrap_or_default()
+    }
+
+    /// Record why the drivers are about to be stopped, for the failures of
+    /// their tasks (the first reason set stays).
+    pub fn set_stop_reason(&self, reason: String) {
+        let _ = self.stop_reason.set(reason);
     }
 
     /// Wait until every driver has finished (after `shutdown` fired).
@@ -243,6 +307,12 @@ impl Engine {
                 .await?
             {
                 Ok(e) => return Ok(Some(e)),
+                // Back in `pending` after it had started: its node was
+                // lost and it was queued to run again elsewhere; it is no
+                // longer this caller's to fail.
+                Err(Rejected::StateIs(TaskState::Pending)) if from != TaskState::Pending => {
+                    return Ok(None);
+                }
                 Err(Rejected::StateIs(now)) => from = now,
                 Err(Rejected::NoTask | Rejected::Duplicate | Rejected::NoSession) => {
                     return Ok(None);
@@ -274,8 +344,17 @@ impl Engine {
                 // Queue in `pending` until the agent has a free slot; the
                 // queue serves users round-robin (see `agent::fair`).
                 let slot = tokio::select! {
-                    slot = registered.slots.acquire(&task.user_id) => slot,
+                    biased;
                     _ = live.cancel.cancelled() => return self.after_stop(&tref, TaskState::Pending, &live).await,
+                    _ = self.draining.cancelled() => {
+                        // Not started: another node runs it (the caller of
+                        // `take_handed_back` releases the claim).
+                        if let Ok(mut h) = self.handed_back.lock() {
+                            h.push((task.task_id, task.agent_type.clone()));
+                        }
+                        return Ok(());
+                    }
+                    slot = registered.slots.acquire(&task.user_id) => slot,
                 };
                 let receipts = self.queue_start(&tref, &task.agent_type).await?;
                 Begun { slot, receipts }
@@ -287,6 +366,7 @@ impl Engine {
                 return Ok(()); // cancelled meanwhile; the canceller recorded it
             }
         }
+        live.started.store(true, Ordering::Relaxed);
         let io = Arc::new(DriverIo {
             engine: self.clone(),
             task: tref.clone(),
@@ -349,13 +429,17 @@ impl Engine {
     /// (an error, so that the driver records the failure once it can);
     /// otherwise the canceller or denier already did.
     async fn after_stop(&self, task: &TaskRef, believed: TaskState, live: &Live) -> Result<()> {
+        if live.abandoned.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if self.shutdown.is_cancelled() {
-            self.fail(
-                task,
-                believed,
-                "the node shut down while the task was in progress",
-            )
-            .await?;
+            let reason = self
+                .stop_reason
+                .get()
+                .map_or("the node shut down while the task was in progress", |r| {
+                    r.as_str()
+                });
+            self.fail(task, believed, reason).await?;
         } else if !live.cancel.is_cancelled() {
             return Err(Error::Unavailable("its output could not be stored".into()));
         }
@@ -365,11 +449,11 @@ impl Engine {
     /// The driver of `task` gave up on an error of the store (a full disk,
     /// a lost database): fail the task, trying again until the store takes
     /// it or the node shuts down, so that no task is left hanging.
-    async fn fail_when_stored(&self, task: &TaskRef, error: &Error) {
+    async fn fail_when_stored(&self, task: &TaskRef, believed: TaskState, error: &Error) {
         let reason = format!("the node could not store this task's progress: {error}");
         let mut pause = std::time::Duration::from_millis(200);
         loop {
-            match self.fail(task, TaskState::Running, &reason).await {
+            match self.fail(task, believed, &reason).await {
                 Ok(_) => return,
                 Err(e) => tracing::warn!(error = %e, "could not record the failure yet"),
             }

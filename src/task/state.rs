@@ -4,6 +4,7 @@
 //! pending → planning → running ⇄ waiting
 //! running → completed | failed
 //! any non-terminal → cancelled ;  pending | planning | waiting → failed
+//! planning | running | waiting → pending   (re-run: its node was lost)
 //! ```
 
 use std::fmt;
@@ -82,6 +83,7 @@ impl TaskState {
             (S::Running, E::Complete) => S::Completed,
             (S::Pending | S::Planning | S::Running | S::Waiting, E::Fail) => S::Failed,
             (S::Pending | S::Planning | S::Running | S::Waiting, E::Cancel) => S::Cancelled,
+            (S::Planning | S::Running | S::Waiting, E::Rerun) => S::Pending,
             (from, event) => return Err(InvalidTransition { from, event }),
         };
         Ok(next)
@@ -122,11 +124,14 @@ pub enum TaskEvent {
     Fail,
     /// A user stopped the task.
     Cancel,
+    /// The node running it was lost and its agent may run a task again
+    /// (`rerun_on_node_loss`): back to `pending`, to start over elsewhere.
+    Rerun,
 }
 
 impl TaskEvent {
     /// Every event.
-    pub const ALL: [TaskEvent; 7] = [
+    pub const ALL: [TaskEvent; 8] = [
         TaskEvent::Plan,
         TaskEvent::Run,
         TaskEvent::Wait,
@@ -134,6 +139,7 @@ impl TaskEvent {
         TaskEvent::Complete,
         TaskEvent::Fail,
         TaskEvent::Cancel,
+        TaskEvent::Rerun,
     ];
 }
 
@@ -169,6 +175,9 @@ mod tests {
         (S::Planning, E::Cancel, S::Cancelled),
         (S::Running, E::Cancel, S::Cancelled),
         (S::Waiting, E::Cancel, S::Cancelled),
+        (S::Planning, E::Rerun, S::Pending),
+        (S::Running, E::Rerun, S::Pending),
+        (S::Waiting, E::Rerun, S::Pending),
     ];
 
     /// Every (state, event) pair: allowed ones land where the table says,

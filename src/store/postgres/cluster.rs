@@ -166,6 +166,43 @@ impl Cluster for PostgresStore {
         .collect()
     }
 
+    async fn release(&self, node_id: &str, task_ids: &[Uuid]) -> Result<Vec<String>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "UPDATE tasks SET node_id = NULL, lease_until = NULL \
+             WHERE node_id = $1 AND task_id = ANY($2) AND state = 'pending' RETURNING agent_type",
+        )
+        .bind(node_id)
+        .bind(task_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn release_expired(&self, task_id: Uuid) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "UPDATE tasks SET node_id = NULL, lease_until = NULL \
+             WHERE task_id = $1 AND state = 'pending' AND lease_until < now() RETURNING agent_type",
+        )
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn claimed_elsewhere(&self, node_id: &str, task_ids: &[Uuid]) -> Result<Vec<Uuid>> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(sqlx::query_scalar(
+            "SELECT task_id FROM tasks WHERE task_id = ANY($2) AND node_id IS NOT NULL AND node_id <> $1",
+        )
+        .bind(node_id)
+        .bind(task_ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn signal(&self, signal: &Signal) -> Result<()> {
         let (channel, payload) = match signal {
             Signal::Pending { agent_type } => (TASKS_CHANNEL, agent_type.clone()),
