@@ -15,7 +15,11 @@ use switchboard::config::FileConfig;
 
 /// A node that prunes events of tasks ended more than `events` ago, every second.
 async fn pruning_node(events: &str) -> TestServer {
-    let cfg = format!("[retention]\nevents = \"{events}\"\nprune_every = \"1s\"\n");
+    // Submits are not rate limited here: the clients of the race test submit
+    // as fast as the node answers.
+    let cfg = format!(
+        "[security]\nsubmits_per_minute = 1000000\n\n[retention]\nevents = \"{events}\"\nprune_every = \"1s\"\n"
+    );
     TestServer::spawn_with(FileConfig::parse(&cfg).unwrap()).await
 }
 
@@ -80,7 +84,9 @@ async fn postgres_a_resume_into_pruned_events_is_told_earliest_seq() {
     let Some(db) = PgDb::create().await else {
         return;
     };
-    let cfg = "[retention]\nevents = \"1s\"\nprune_every = \"1s\"\n";
+    // A cluster node drains on stop; the waiting task would hold it for
+    // the default drain time.
+    let cfg = "[limits]\ndrain_ms = 200\n\n[retention]\nevents = \"1s\"\nprune_every = \"1s\"\n";
     let server = TestServer::spawn_on(&db.url, FileConfig::parse(cfg).unwrap()).await;
     resume_into_pruned_events(server).await;
 }
