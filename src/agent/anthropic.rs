@@ -44,13 +44,8 @@ impl Anthropic {
 }
 
 impl Wire for Anthropic {
-    fn kind(&self) -> &'static str {
-        "anthropic"
-    }
-
-    fn framing(&self) -> Framing {
-        Framing::Sse
-    }
+    const KIND: &'static str = "anthropic";
+    const FRAMING: Framing = Framing::Sse;
 
     fn request(
         &self,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::agent::Job;
-use crate::agent::http::{Framing, HttpParams, Step, Wire, error_message};
+use crate::agent::http::{Framing, HttpParams, Step, Wire, json_message, post_bearer};
 use crate::agent::openai::messages;
 use crate::config::Secret;
 
@@ -65,13 +65,8 @@ pub async fn probe(base_url: &str, timeout: Duration) -> bool {
 }
 
 impl Wire for Ollama {
-    fn kind(&self) -> &'static str {
-        "ollama"
-    }
-
-    fn framing(&self) -> Framing {
-        Framing::Ndjson
-    }
+    const KIND: &'static str = "ollama";
+    const FRAMING: Framing = Framing::Ndjson;
 
     fn request(
         &self,
@@ -93,20 +88,14 @@ impl Wire for Ollama {
             "stream": true,
             "options": options,
         });
-        let mut req = client.post(&self.url).json(&body);
-        if let Some(k) = key {
-            req = req.bearer_auth(k.expose());
-        }
-        req
+        post_bearer(client, &self.url, &body, key)
     }
 
     fn parse(&self, _event: Option<&str>, data: &str) -> Step {
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return Step::Error(format!("unreadable stream line: {data:.200}"));
+        let v = match json_message(data, "line") {
+            Ok(v) => v,
+            Err(end) => return end,
         };
-        if let Some(e) = error_message(&v) {
-            return Step::Error(e);
-        }
         let text = v.pointer("/message/content").and_then(Value::as_str);
         if v.get("done").and_then(Value::as_bool) == Some(true) {
             // The final line may carry the last text too.

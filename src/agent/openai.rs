@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use crate::agent::Job;
-use crate::agent::http::{Framing, HttpParams, Step, Wire, error_message};
+use crate::agent::http::{Framing, HttpParams, Step, Wire, json_message, post_bearer};
 use crate::config::Secret;
 
 /// The OpenAI chat completions wire format.
@@ -43,13 +43,8 @@ pub fn messages(job: &Job, system: Option<&str>) -> Vec<Value> {
 }
 
 impl Wire for OpenAi {
-    fn kind(&self) -> &'static str {
-        "openai"
-    }
-
-    fn framing(&self) -> Framing {
-        Framing::Sse
-    }
+    const KIND: &'static str = "openai";
+    const FRAMING: Framing = Framing::Sse;
 
     fn request(
         &self,
@@ -69,23 +64,17 @@ impl Wire for OpenAi {
         if let Some(t) = p.temperature {
             body["temperature"] = t.into();
         }
-        let mut req = client.post(&self.url).json(&body);
-        if let Some(k) = key {
-            req = req.bearer_auth(k.expose());
-        }
-        req
+        post_bearer(client, &self.url, &body, key)
     }
 
     fn parse(&self, _event: Option<&str>, data: &str) -> Step {
         if data.trim() == "[DONE]" {
             return Step::Done;
         }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return Step::Error(format!("unreadable stream data: {data:.200}"));
+        let v = match json_message(data, "data") {
+            Ok(v) => v,
+            Err(end) => return end,
         };
-        if let Some(e) = error_message(&v) {
-            return Step::Error(e);
-        }
         match v
             .pointer("/choices/0/delta/content")
             .and_then(Value::as_str)

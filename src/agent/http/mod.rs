@@ -28,21 +28,15 @@ use crate::config::{AgentConfig, Secret};
 pub const MAX_TRIES: u32 = 4;
 /// First retry delay unless the config says otherwise; doubled each try.
 pub const DEFAULT_RETRY_BASE: Duration = Duration::from_millis(500);
-/// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A stream silent this long is treated as lost.
 const READ_TIMEOUT: Duration = Duration::from_secs(300);
-/// Largest line or event accepted from a stream.
-const MAX_LINE: usize = 1 << 20;
 
-/// How a stream is cut into messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
-    /// Server-sent events: `event:` and `data:` lines, blank-line separated.
-    Sse,
-    /// One JSON document per line.
-    Ndjson,
-}
+mod errors;
+mod framing;
+
+pub use errors::error_message;
+use errors::{error_text, retry_after, root_cause};
+pub use framing::{Framer, Framing};
 
 /// What one message of a stream means.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +56,9 @@ pub enum Step {
 /// One HTTP kind's wire format.
 pub trait Wire: Send + Sync + 'static {
     /// `openai`, `anthropic` or `ollama`.
-    fn kind(&self) -> &'static str;
+    const KIND: &'static str;
     /// How the stream is framed.
-    fn framing(&self) -> Framing;
+    const FRAMING: Framing;
     /// The request for one task.
     fn request(
         &self,
@@ -75,6 +69,34 @@ pub trait Wire: Send + Sync + 'static {
     ) -> reqwest::RequestBuilder;
     /// Read one message (`event` is the SSE event name, if any).
     fn parse(&self, event: Option<&str>, data: &str) -> Step;
+}
+
+/// `POST url` with a JSON body and the key, if any, as a bearer token.
+pub fn post_bearer(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    key: Option<&Secret>,
+) -> reqwest::RequestBuilder {
+    let req = client.post(url).json(body);
+    match key {
+        Some(k) => req.bearer_auth(k.expose()),
+        None => req,
+    }
+}
+
+/// One stream message as JSON, or the step that ends the task: the
+/// message is unreadable (`what` names it), or it is an error document.
+pub fn json_message(data: &str, what: &str) -> Result<Value, Step> {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return Err(Step::Error(format!(
+            "unreadable stream {what}: {data:.200}"
+        )));
+    };
+    match error_message(&v) {
+        Some(e) => Err(Step::Error(e)),
+        None => Ok(v),
+    }
 }
 
 /// The params an HTTP task accepts.
@@ -187,7 +209,7 @@ impl<W: Wire> HttpAgent<W> {
                 available: true,
                 capabilities: capabilities.to_vec(),
                 metadata: json!({
-                    "kind": wire.kind(),
+                    "kind": W::KIND,
                     "model": settings.model,
                     "base_url": settings.base_url,
                 }),
@@ -276,7 +298,7 @@ impl<W: Wire> Agent for HttpAgent<W> {
     fn validate(&self, params: &Value) -> Result<(), String> {
         serde_json::from_value::<HttpParams>(params.clone())
             .map(|_| ())
-            .map_err(|e| format!("bad params for a {} agent: {e}", self.wire.kind()))
+            .map_err(|e| format!("bad params for a {} agent: {e}", W::KIND))
     }
 
     async fn run(&self, job: Job, ctx: Context) -> Result<String, AgentError> {
@@ -339,7 +361,7 @@ impl<W: Wire> HttpAgent<W> {
     ) -> Result<(), Read> {
         let name = &self.info.agent_type;
         let mut body = resp.bytes_stream();
-        let mut framer = Framer::new(self.wire.framing());
+        let mut framer = Framer::new(W::FRAMING);
         loop {
             let messages = tokio::select! {
                 piece = body.next() => match piece {
@@ -398,222 +420,5 @@ impl<W: Wire> HttpAgent<W> {
             }
         }
         Ok(false)
-    }
-}
-
-/// The `Retry-After` of a response: seconds, or an HTTP date (as long as
-/// it is from now; a date past is no wait). At most [`MAX_RETRY_AFTER`].
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let value = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?;
-    parse_retry_after(value, std::time::SystemTime::now())
-}
-
-fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    let wait = match value.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
-        Ok(_) => return None,
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(now)
-            .unwrap_or_default(),
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
-
-/// A short reason from an error response body: the API's `error.message`
-/// (OpenAI, Anthropic) or `error` (Ollama) when there is one.
-async fn error_text(resp: reqwest::Response) -> String {
-    let body = tokio::time::timeout(Duration::from_secs(5), resp.text())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    if let Ok(v) = serde_json::from_str::<Value>(&body) {
-        if let Some(m) = error_message(&v) {
-            return m;
-        }
-    }
-    let body = body.trim();
-    if body.is_empty() {
-        "(no body)".into()
-    } else {
-        body.chars().take(300).collect()
-    }
-}
-
-/// `error.message`, `error` as a string, or `message`, of an error document.
-pub fn error_message(v: &Value) -> Option<String> {
-    let e = v.get("error")?;
-    e.get("message")
-        .and_then(Value::as_str)
-        .or_else(|| e.as_str())
-        .map(str::to_owned)
-        .or_else(|| Some(e.to_string()))
-}
-
-/// The innermost cause of an error, which says the most.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    if std::ptr::addr_eq(cur, e) {
-        e.to_string()
-    } else {
-        format!("{e}: {cur}")
-    }
-}
-
-/// Cuts a byte stream into messages.
-pub struct Framer {
-    framing: Framing,
-    buf: Vec<u8>,
-    event: Option<String>,
-    data: Vec<String>,
-}
-
-impl Framer {
-    /// A framer for `framing`.
-    pub fn new(framing: Framing) -> Self {
-        Framer {
-            framing,
-            buf: Vec::new(),
-            event: None,
-            data: Vec::new(),
-        }
-    }
-
-    /// Feed bytes; returns the complete messages as (event name, data).
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<(Option<String>, String)>, String> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8_lossy(&line).into_owned();
-            self.line(line, &mut out);
-        }
-        if self.buf.len() > MAX_LINE || self.data.iter().map(String::len).sum::<usize>() > MAX_LINE
-        {
-            return Err("the server sent a line or event larger than 1 MiB".into());
-        }
-        Ok(out)
-    }
-
-    /// The end of the stream: whatever is left, as if a newline followed.
-    pub fn finish(&mut self) -> Vec<(Option<String>, String)> {
-        let mut out = Vec::new();
-        if !self.buf.is_empty() {
-            let line = String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
-            self.line(line.trim_end_matches('\r').to_owned(), &mut out);
-        }
-        if self.framing == Framing::Sse {
-            self.line(String::new(), &mut out);
-        }
-        out
-    }
-
-    fn line(&mut self, line: String, out: &mut Vec<(Option<String>, String)>) {
-        match self.framing {
-            Framing::Ndjson => {
-                if !line.trim().is_empty() {
-                    out.push((None, line));
-                }
-            }
-            Framing::Sse => {
-                if line.is_empty() {
-                    if !self.data.is_empty() {
-                        out.push((self.event.take(), self.data.join("\n")));
-                        self.data.clear();
-                    }
-                    self.event = None;
-                } else if line.starts_with(':') {
-                    // A comment (keep-alive).
-                } else {
-                    let (field, value) = line.split_once(':').unwrap_or((&line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    match field {
-                        "data" => self.data.push(value.to_owned()),
-                        "event" => self.event = Some(value.to_owned()),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// SSE events are assembled across arbitrary cuts, with CRLF, comments
-    /// and multi-line data.
-    #[test]
-    fn sse_framing() {
-        let text = ": keep-alive\r\nevent: a\r\ndata: {\"x\":1}\r\n\r\ndata: one\ndata: two\n\ndata: [DONE]\n\n";
-        for cut in 0..text.len() {
-            let mut f = Framer::new(Framing::Sse);
-            let mut got = f.push(&text.as_bytes()[..cut]).unwrap();
-            got.extend(f.push(&text.as_bytes()[cut..]).unwrap());
-            got.extend(f.finish());
-            assert_eq!(
-                got,
-                [
-                    (Some("a".to_owned()), "{\"x\":1}".to_owned()),
-                    (None, "one\ntwo".to_owned()),
-                    (None, "[DONE]".to_owned()),
-                ],
-                "cut at {cut}"
-            );
-        }
-    }
-
-    /// NDJSON lines, the last one possibly without a newline.
-    #[test]
-    fn ndjson_framing() {
-        let mut f = Framer::new(Framing::Ndjson);
-        let mut got = f.push(b"{\"a\":1}\n\n{\"b\"").unwrap();
-        got.extend(f.push(b":2}").unwrap());
-        got.extend(f.finish());
-        assert_eq!(
-            got,
-            [
-                (None, "{\"a\":1}".to_owned()),
-                (None, "{\"b\":2}".to_owned())
-            ]
-        );
-    }
-
-    /// Error documents of each API give their message.
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        use std::time::{Duration, SystemTime};
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        assert_eq!(parse_retry_after(" 3 ", now), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("-1", now), None);
-        assert_eq!(parse_retry_after("soon", now), None);
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(7)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
-        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("3600", now), Some(MAX_RETRY_AFTER));
-    }
-
-    #[test]
-    fn error_messages() {
-        let openai = json!({"error": {"message": "Rate limit", "type": "x"}});
-        assert_eq!(error_message(&openai).unwrap(), "Rate limit");
-        let ollama = json!({"error": "model not found"});
-        assert_eq!(error_message(&ollama).unwrap(), "model not found");
-        assert_eq!(error_message(&json!({"ok": 1})), None);
     }
 }
