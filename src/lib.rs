@@ -47,6 +47,7 @@ pub mod host;
 pub mod http;
 pub mod link;
 pub mod metrics;
+mod names;
 pub mod presence;
 pub mod project;
 pub mod protocol;

@@ -7,10 +7,9 @@
 //! planning | running | waiting → pending   (re-run: its node was lost)
 //! ```
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
+
+use crate::names::wire_names;
 
 /// Where a task is in its life. Lowercase on the wire.
 #[derive(
@@ -90,22 +89,9 @@ impl TaskState {
     }
 }
 
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for TaskState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown task state `{s}`"))
-    }
-}
+wire_names!(TaskState, String, |s: &str| format!(
+    "unknown task state `{s}`"
+));
 
 /// What can happen to a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
