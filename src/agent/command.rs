@@ -21,7 +21,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -33,6 +32,13 @@ use crate::agent::coalesce::Output;
 use crate::agent::{Agent, AgentError, AgentInfo, Context, Job};
 use crate::config::AgentConfig;
 
+mod group;
+mod utf8;
+
+use group::GroupGuard;
+pub use group::stop_group;
+use utf8::Utf8Stream;
+
 /// Environment variables passed when the config has no `env` list: enough
 /// for a program to find its tools, its home and its locale; no secrets.
 pub const DEFAULT_ENV: [&str; 10] = [
@@ -42,8 +48,6 @@ pub const DEFAULT_ENV: [&str; 10] = [
 pub const STDERR_TAIL: usize = 4096;
 /// Time between SIGTERM and SIGKILL when the config does not say.
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
-/// How often a stopping group is checked for survivors.
-const POLL: Duration = Duration::from_millis(20);
 
 /// The reapers still escalating SIGTERM to SIGKILL; `serve` waits for them
 /// before it returns so that a node shutting down leaves no orphan either.
@@ -275,70 +279,6 @@ async fn stderr_tail(r: Option<impl AsyncRead + Unpin>) -> String {
     String::from_utf8_lossy(tail.make_contiguous()).into_owned()
 }
 
-/// Stops the process group when dropped before it was disarmed.
-struct GroupGuard {
-    child: Option<Child>,
-    pgid: Pid,
-    grace: Duration,
-}
-
-impl GroupGuard {
-    fn disarm(&mut self) {
-        self.child = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        let Some(child) = self.child.take() else {
-            return;
-        };
-        let (pgid, grace) = (self.pgid, self.grace);
-        // SIGTERM now, so the stop is immediate even if the escalation
-        // below never gets to run.
-        let _ = killpg(pgid, Signal::SIGTERM);
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => {
-                reapers().spawn(async move {
-                    let mut child = child;
-                    stop_group(pgid, grace).await;
-                    let _ = child.wait().await;
-                });
-            }
-            Err(_) => {
-                std::thread::spawn(move || {
-                    std::thread::sleep(grace);
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                    drop(child);
-                });
-            }
-        }
-    }
-}
-
-/// Whether any process is left in the group.
-fn group_alive(pgid: Pid) -> bool {
-    killpg(pgid, None).is_ok()
-}
-
-/// SIGTERM the group, wait up to `grace` for it to empty, then SIGKILL
-/// whatever is left.
-pub async fn stop_group(pgid: Pid, grace: Duration) {
-    if !group_alive(pgid) {
-        return;
-    }
-    let _ = killpg(pgid, Signal::SIGTERM);
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(POLL).await;
-        if !group_alive(pgid) {
-            return;
-        }
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
-}
-
-/// Find `program` the way a shell would, on the node's PATH.
 /// Whether `p` is an executable file.
 fn executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
@@ -347,6 +287,7 @@ fn executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Find `program` the way a shell would, on the node's PATH.
 fn find_program(program: &str) -> Result<PathBuf, String> {
     if program.contains('/') {
         let p = PathBuf::from(program);
@@ -374,64 +315,9 @@ fn resolve_env<'a>(list: impl Iterator<Item = &'a str>) -> Vec<(String, String)>
     .collect()
 }
 
-/// Decodes UTF-8 arriving in arbitrary pieces, holding back a character
-/// split across two reads. Invalid bytes become U+FFFD.
-#[derive(Default)]
-struct Utf8Stream {
-    pending: Vec<u8>,
-}
-
-impl Utf8Stream {
-    fn push(&mut self, bytes: &[u8]) -> String {
-        self.pending.extend_from_slice(bytes);
-        let keep = incomplete_suffix(&self.pending);
-        let rest = self.pending.split_off(self.pending.len() - keep);
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending = rest;
-        text
-    }
-
-    fn finish(&mut self) -> String {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        text
-    }
-}
-
-/// How many trailing bytes of `b` start a character that is not complete yet.
-fn incomplete_suffix(b: &[u8]) -> usize {
-    for back in 1..=b.len().min(3) {
-        let byte = b[b.len() - back];
-        if byte & 0b1100_0000 == 0b1000_0000 {
-            continue; // a continuation byte: look further back
-        }
-        let len = match byte {
-            0xC0..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF7 => 4,
-            _ => return 0,
-        };
-        return if len > back { back } else { 0 };
-    }
-    0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A character split across reads comes out whole.
-    #[test]
-    fn utf8_split_across_reads() {
-        let bytes = "héllo→ 🎉!".as_bytes();
-        for cut in 0..bytes.len() {
-            let mut d = Utf8Stream::default();
-            let mut s = d.push(&bytes[..cut]);
-            s += &d.push(&bytes[cut..]);
-            s += &d.finish();
-            assert_eq!(s, "héllo→ 🎉!", "cut at {cut}");
-        }
-    }
 
     /// Programs are looked up on PATH; a missing one says so.
     #[test]
