@@ -7,6 +7,7 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, OptionalJson, Path};
+use crate::http::responses::{BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized};
 use crate::presence::PresenceView;
 use crate::protocol::storage::StorageReport;
 use crate::protocol::{
@@ -21,7 +22,7 @@ use crate::protocol::{
     tag = "users",
     responses(
         (status = 200, description = "The caller", body = crate::protocol::UserView),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse)
+        Unauthorized
     )
 )]
 pub async fn me(State(s): State<AppState>, p: Principal) -> Result<Json<UserView>> {
@@ -36,11 +37,7 @@ pub async fn me(State(s): State<AppState>, p: Principal) -> Result<Json<UserView
     request_body = crate::protocol::CreateUserRequest,
     responses(
         (status = 201, description = "Created, with a first token", body = crate::protocol::CreatedUser),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 409, description = "Conflict", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, Conflict, TooLarge
     )
 )]
 pub async fn create_user(
@@ -61,8 +58,7 @@ pub async fn create_user(
     tag = "users",
     responses(
         (status = 200, description = "Every user", body = Vec<crate::protocol::UserView>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn list_users(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<UserView>>> {
@@ -77,11 +73,7 @@ pub async fn list_users(State(s): State<AppState>, p: Principal) -> Result<Json<
     params(("user_id" = String, Path)), request_body = crate::protocol::RoleRequest,
     responses(
         (status = 200, description = "The user", body = crate::protocol::UserView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge
     )
 )]
 pub async fn assign_role(
@@ -101,10 +93,7 @@ pub async fn assign_role(
     params(("user_id" = String, Path), ("role" = String, Path)),
     responses(
         (status = 200, description = "The user", body = crate::protocol::UserView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn revoke_role(
@@ -123,11 +112,7 @@ pub async fn revoke_role(
     params(("user_id" = String, Path)), request_body = crate::protocol::PermissionRequest,
     responses(
         (status = 200, description = "The user", body = crate::protocol::UserView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge
     )
 )]
 pub async fn adjust_permission(
@@ -147,10 +132,7 @@ pub async fn adjust_permission(
     params(("user_id" = String, Path)),
     responses(
         (status = 201, description = "A new token, shown once", body = crate::protocol::TokenView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn issue_token(
@@ -173,10 +155,7 @@ pub async fn issue_token(
     params(("user_id" = String, Path)),
     responses(
         (status = 200, description = "How many were revoked", body = crate::protocol::TokensRevoked),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn revoke_tokens(
@@ -195,8 +174,7 @@ pub async fn revoke_tokens(
     tag = "users",
     responses(
         (status = 200, description = "Open connections", body = Vec<crate::presence::PresenceView>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn presence(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<PresenceView>>> {
@@ -212,8 +190,7 @@ pub async fn presence(State(s): State<AppState>, p: Principal) -> Result<Json<Ve
     tag = "admin",
     responses(
         (status = 200, description = "The storage figures; `rows_estimated` marks the row counts that are estimates (big tables)", body = crate::protocol::storage::StorageReport),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn storage(State(s): State<AppState>, p: Principal) -> Result<Json<StorageReport>> {

@@ -9,6 +9,7 @@ use crate::audit::{AuditRecord, Verification};
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::responses::{BadRequest, Forbidden, NotFound, Unauthorized};
 use crate::runtime::audit::AuditFilter;
 
 /// `?limit=`.
@@ -27,9 +28,7 @@ pub struct Limit {
     params(crate::runtime::audit::AuditFilter),
     responses(
         (status = 200, description = "Audit records, newest first", body = Vec<crate::audit::AuditRecord>),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden
     )
 )]
 pub async fn events(
@@ -48,10 +47,7 @@ pub async fn events(
     params(("user_id" = String, Path), Limit),
     responses(
         (status = 200, description = "Audit records, newest first", body = Vec<crate::audit::AuditRecord>),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn user_activity(
@@ -71,10 +67,7 @@ pub async fn user_activity(
     params(("session_id" = uuid::Uuid, Path), Limit),
     responses(
         (status = 200, description = "Audit records, newest first", body = Vec<crate::audit::AuditRecord>),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn session_activity(
@@ -94,8 +87,7 @@ pub async fn session_activity(
     tag = "audit",
     responses(
         (status = 200, description = "The chain check", body = crate::audit::Verification),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn verify(State(s): State<AppState>, p: Principal) -> Result<Json<Verification>> {

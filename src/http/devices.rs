@@ -8,6 +8,7 @@ use crate::auth::Principal;
 use crate::device::Device;
 use crate::error::Result;
 use crate::http::extract::{Json, Path};
+use crate::http::responses::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized};
 use crate::runtime::devices::{Challenge, RegisterDevice};
 
 /// `POST /api/devices`: register one of the caller's devices.
@@ -20,10 +21,9 @@ use crate::runtime::devices::{Challenge, RegisterDevice};
     responses(
         (status = 201, description = "Registered (or renamed); a new device is `pending`", body = crate::device::Device),
         (status = 400, description = "Bad request: a malformed body, device id or public key", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
+        Unauthorized, Forbidden,
         (status = 409, description = "The device belongs to another user, was revoked, or had another key", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        TooLarge
     )
 )]
 pub async fn register(
@@ -45,8 +45,7 @@ pub async fn register(
     tag = "devices",
     responses(
         (status = 200, description = "The caller's devices; everyone's with `admin:users`", body = Vec<crate::device::Device>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<Device>>> {
@@ -61,8 +60,7 @@ pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<De
     tag = "devices",
     responses(
         (status = 200, description = "A nonce to sign, valid for five minutes", body = crate::runtime::devices::Challenge),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn challenge(State(s): State<AppState>, p: Principal) -> Result<Json<Challenge>> {
@@ -78,10 +76,7 @@ pub async fn challenge(State(s): State<AppState>, p: Principal) -> Result<Json<C
     params(("device_id" = String, Path)),
     responses(
         (status = 200, description = "The device, now `trusted`", body = crate::device::Device),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
+        BadRequest, Unauthorized, Forbidden, NotFound,
         (status = 409, description = "The device was revoked, or its request expired", body = crate::error::ErrorResponse)
     )
 )]
@@ -102,10 +97,7 @@ pub async fn approve(
     params(("device_id" = String, Path)),
     responses(
         (status = 200, description = "The device, now `revoked`; its sessions ended", body = crate::device::Device),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn revoke(

@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, Query};
+use crate::http::responses::{BadRequest, Forbidden, Unauthorized};
 use crate::link::HostView;
 use crate::runtime::hosts::{CountQuery, TaskCountsView};
 
@@ -26,8 +27,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
     tag = "agents",
     responses(
         (status = 200, description = "Remote agent hosts linked to any live node, with the agents each offers", body = Vec<crate::link::HostView>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<HostView>>> {
@@ -43,9 +43,7 @@ pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<Ho
     params(crate::runtime::hosts::CountQuery),
     responses(
         (status = 200, description = "The caller's visible tasks (everyone's with admin:system) per state", body = crate::runtime::hosts::TaskCountsView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden
     )
 )]
 pub async fn counts(

@@ -10,6 +10,7 @@ mod hosts;
 pub mod openapi;
 mod phase1_tasks;
 mod projects;
+pub mod responses;
 pub mod serve;
 mod sessions;
 mod tasks;

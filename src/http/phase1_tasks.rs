@@ -7,6 +7,9 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::responses::{
+    BadRequest, Forbidden, NotFound, RateLimited, TooLarge, Unauthorized,
+};
 use crate::protocol::phase1::{
     ExecuteRequest, ExecutionView, ProjectTaskCreate, ProjectTaskListQuery, ProjectTaskUpdate,
     ProjectTaskView,
@@ -21,9 +24,7 @@ use crate::protocol::phase1::{
     params(crate::protocol::phase1::ProjectTaskListQuery),
     responses(
         (status = 200, description = "Project tasks by id", body = Vec<crate::protocol::phase1::ProjectTaskView>),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden
     )
 )]
 pub async fn list(
@@ -47,11 +48,7 @@ pub async fn list(
     request_body = crate::protocol::phase1::ProjectTaskCreate,
     responses(
         (status = 201, description = "Created", body = crate::protocol::phase1::ProjectTaskView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge
     )
 )]
 pub async fn create(
@@ -74,10 +71,7 @@ pub async fn create(
     params(("id" = i64, Path)),
     responses(
         (status = 200, description = "The project task", body = crate::protocol::phase1::ProjectTaskView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn get(
@@ -97,11 +91,7 @@ pub async fn get(
     params(("id" = i64, Path)), request_body = crate::protocol::phase1::ProjectTaskUpdate,
     responses(
         (status = 200, description = "The changed project task", body = crate::protocol::phase1::ProjectTaskView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge
     )
 )]
 pub async fn update(
@@ -122,10 +112,7 @@ pub async fn update(
     params(("id" = i64, Path)),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn delete(
@@ -147,12 +134,7 @@ pub async fn delete(
     request_body = crate::protocol::phase1::ExecuteRequest,
     responses(
         (status = 200, description = "The execution, once its engine task ended", body = crate::protocol::phase1::ExecutionView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge, RateLimited
     )
 )]
 pub async fn execute(
@@ -170,8 +152,7 @@ pub async fn execute(
     tag = "phase1",
     responses(
         (status = 200, description = "Names of the agents that can run", body = Vec<String>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn agents_available(
@@ -188,8 +169,7 @@ pub async fn agents_available(
     tag = "phase1",
     responses(
         (status = 200, description = "Names of every agent", body = Vec<String>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn agent_types(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<String>>> {

@@ -7,6 +7,7 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::responses::{BadRequest, Conflict, Forbidden, NotFound, TooLarge, Unauthorized};
 use crate::protocol::phase1::{ProjectCreate, ProjectListQuery, ProjectUpdate, ProjectView};
 
 /// `GET /api/projects`.
@@ -18,9 +19,7 @@ use crate::protocol::phase1::{ProjectCreate, ProjectListQuery, ProjectUpdate, Pr
     params(crate::protocol::phase1::ProjectListQuery),
     responses(
         (status = 200, description = "Projects by id", body = Vec<crate::protocol::phase1::ProjectView>),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden
     )
 )]
 pub async fn list(
@@ -40,11 +39,7 @@ pub async fn list(
     request_body = crate::protocol::phase1::ProjectCreate,
     responses(
         (status = 201, description = "Created", body = crate::protocol::phase1::ProjectView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 409, description = "Conflict", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, Conflict, TooLarge
     )
 )]
 pub async fn create(
@@ -67,10 +62,7 @@ pub async fn create(
     params(("id" = i64, Path)),
     responses(
         (status = 200, description = "The project", body = crate::protocol::phase1::ProjectView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn get(
@@ -90,12 +82,7 @@ pub async fn get(
     params(("id" = i64, Path)), request_body = crate::protocol::phase1::ProjectUpdate,
     responses(
         (status = 200, description = "The changed project", body = crate::protocol::phase1::ProjectView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 409, description = "Conflict", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge
     )
 )]
 pub async fn update(
@@ -116,10 +103,7 @@ pub async fn update(
     params(("id" = i64, Path)),
     responses(
         (status = 204, description = "Deleted, with its tasks"),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn delete(

@@ -16,6 +16,7 @@ use crate::bus::Cursor;
 use crate::error::Result;
 use crate::event::StreamKey;
 use crate::http::extract::{Json, OptionalJson, Path, Query};
+use crate::http::responses::{BadRequest, Forbidden, NotFound, TooLarge, Unauthorized};
 use crate::protocol::{CreateSessionRequest, EventList, EventsQuery, SessionView};
 
 /// `POST /api/runtime/sessions`: fields from the JSON body or the query.
@@ -27,10 +28,7 @@ use crate::protocol::{CreateSessionRequest, EventList, EventsQuery, SessionView}
     params(crate::protocol::CreateSessionRequest), request_body(content = Option<crate::protocol::CreateSessionRequest>, description = "Optional; the same fields as the query"),
     responses(
         (status = 200, description = "The new session", body = crate::protocol::SessionView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, TooLarge
     )
 )]
 pub async fn create(
@@ -54,8 +52,7 @@ pub async fn create(
     tag = "sessions",
     responses(
         (status = 200, description = "Sessions", body = Vec<crate::protocol::SessionView>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<SessionView>>> {
@@ -71,10 +68,7 @@ pub async fn list(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<Se
     params(("session_id" = uuid::Uuid, Path)),
     responses(
         (status = 200, description = "The session", body = crate::protocol::SessionView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn get(
@@ -94,10 +88,7 @@ pub async fn get(
     params(("session_id" = uuid::Uuid, Path)),
     responses(
         (status = 200, description = "The ended session", body = crate::protocol::SessionView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn end(
@@ -119,10 +110,7 @@ pub async fn end(
     params(("session_id" = uuid::Uuid, Path), crate::protocol::EventsQuery, ("Last-Event-ID" = Option<i64>, Header, nullable = false, description = "SSE: resume after this seq")),
     responses(
         (status = 200, description = "Stored events (JSON), or with `Accept: text/event-stream` a live SSE stream whose `data:` lines are WebSocket event frames", content((crate::protocol::EventList = "application/json"), (String = "text/event-stream"))),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn events(

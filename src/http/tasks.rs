@@ -8,6 +8,9 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::http::extract::{Json, Path, Query};
+use crate::http::responses::{
+    BadRequest, Conflict, Forbidden, NotFound, RateLimited, TooLarge, Unauthorized,
+};
 use crate::protocol::{
     CancelReply, RespondRequest, SkillView, SubmitRequest, TaskDetail, TaskListQuery, TaskView,
 };
@@ -22,12 +25,7 @@ use crate::runtime::TaskQuery;
     request_body = crate::protocol::SubmitRequest,
     responses(
         (status = 200, description = "The new task (or the first one with this idempotency key)", body = crate::protocol::TaskView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse),
-        (status = 429, description = "Rate limited", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, TooLarge, RateLimited
     )
 )]
 pub async fn submit(
@@ -47,9 +45,7 @@ pub async fn submit(
     params(crate::protocol::TaskListQuery),
     responses(
         (status = 200, description = "Tasks, newest first", body = Vec<crate::protocol::TaskView>),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden
     )
 )]
 pub async fn list(
@@ -76,10 +72,7 @@ pub async fn list(
     params(("task_id" = uuid::Uuid, Path)),
     responses(
         (status = 200, description = "The task and its events", body = crate::protocol::TaskDetail),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn detail(
@@ -99,10 +92,7 @@ pub async fn detail(
     params(("task_id" = uuid::Uuid, Path)),
     responses(
         (status = 200, description = "The task state", body = crate::protocol::TaskView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound
     )
 )]
 pub async fn state(
@@ -122,11 +112,7 @@ pub async fn state(
     params(("task_id" = uuid::Uuid, Path)),
     responses(
         (status = 200, description = "Cancelled", body = crate::protocol::CancelReply),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 409, description = "Conflict", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict
     )
 )]
 pub async fn cancel(
@@ -146,12 +132,7 @@ pub async fn cancel(
     params(("task_id" = uuid::Uuid, Path)), request_body = crate::protocol::RespondRequest,
     responses(
         (status = 200, description = "The task state", body = crate::protocol::TaskView),
-        (status = 400, description = "Bad request", body = crate::error::ErrorResponse),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse),
-        (status = 404, description = "Not found", body = crate::error::ErrorResponse),
-        (status = 409, description = "Conflict", body = crate::error::ErrorResponse),
-        (status = 413, description = "Payload too large", body = crate::error::ErrorResponse)
+        BadRequest, Unauthorized, Forbidden, NotFound, Conflict, TooLarge
     )
 )]
 pub async fn respond(
@@ -171,8 +152,7 @@ pub async fn respond(
     tag = "agents",
     responses(
         (status = 200, description = "Agents", body = Vec<crate::agent::AgentInfo>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn agents(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<AgentInfo>>> {
@@ -187,8 +167,7 @@ pub async fn agents(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<
     tag = "agents",
     responses(
         (status = 200, description = "Skills", body = Vec<crate::protocol::SkillView>),
-        (status = 401, description = "No valid token", body = crate::error::ErrorResponse),
-        (status = 403, description = "Missing permission", body = crate::error::ErrorResponse)
+        Unauthorized, Forbidden
     )
 )]
 pub async fn skills(State(s): State<AppState>, p: Principal) -> Result<Json<Vec<SkillView>>> {
