@@ -71,12 +71,13 @@ impl Unavailable {
     ) -> Self {
         Unavailable {
             info: AgentInfo {
-                agent_type: name.to_owned(),
-                name: name.to_owned(),
-                description: description.to_owned(),
                 available: false,
-                capabilities: capabilities.to_vec(),
-                metadata: serde_json::json!({"kind": kind, "reason": reason}),
+                ..AgentInfo::configured(
+                    name,
+                    description,
+                    capabilities,
+                    serde_json::json!({"kind": kind, "reason": reason}),
+                )
             },
         }
     }

@@ -85,14 +85,12 @@ impl CommandAgent {
             None => resolve_env(DEFAULT_ENV.iter().copied()),
         };
         Ok(CommandAgent {
-            info: AgentInfo {
-                agent_type: c.name.clone(),
-                name: c.name.clone(),
-                description: c.description.clone(),
-                available: true,
-                capabilities: c.capabilities.clone(),
-                metadata: json!({"kind": "command", "program": program.display().to_string()}),
-            },
+            info: AgentInfo::configured(
+                &c.name,
+                &c.description,
+                &c.capabilities,
+                json!({"kind": "command", "program": program.display().to_string()}),
+            ),
             program,
             args: c.command[1..].to_vec(),
             stdin: c.stdin,

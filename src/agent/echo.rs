@@ -42,14 +42,12 @@ impl Echo {
     /// An echo agent configured under another name.
     pub fn named(name: &str, description: &str, capabilities: &[String]) -> Self {
         Echo {
-            info: AgentInfo {
-                agent_type: name.to_owned(),
-                name: name.to_owned(),
-                description: description.to_owned(),
-                available: true,
-                capabilities: capabilities.to_vec(),
-                metadata: json!({"kind": "echo", "builtin": false}),
-            },
+            info: AgentInfo::configured(
+                name,
+                description,
+                capabilities,
+                json!({"kind": "echo", "builtin": false}),
+            ),
         }
     }
 }

@@ -55,6 +55,26 @@ pub struct AgentInfo {
     pub metadata: Value,
 }
 
+impl AgentInfo {
+    /// The listing of an agent configured as `name` (its `agent_type` and
+    /// display name both), available to run.
+    pub fn configured(
+        name: &str,
+        description: &str,
+        capabilities: &[String],
+        metadata: Value,
+    ) -> Self {
+        AgentInfo {
+            agent_type: name.to_owned(),
+            name: name.to_owned(),
+            description: description.to_owned(),
+            available: true,
+            capabilities: capabilities.to_vec(),
+            metadata,
+        }
+    }
+}
+
 /// What an agent is asked to do.
 #[derive(Debug, Clone)]
 pub struct Job {

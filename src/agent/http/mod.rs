@@ -202,18 +202,16 @@ impl<W: Wire> HttpAgent<W> {
             .build()
             .unwrap_or_default();
         HttpAgent {
-            info: AgentInfo {
-                agent_type: name.to_owned(),
-                name: name.to_owned(),
-                description: description.to_owned(),
-                available: true,
-                capabilities: capabilities.to_vec(),
-                metadata: json!({
+            info: AgentInfo::configured(
+                name,
+                description,
+                capabilities,
+                json!({
                     "kind": W::KIND,
                     "model": settings.model,
                     "base_url": settings.base_url,
                 }),
-            },
+            ),
             wire,
             settings,
             client,
