@@ -18,7 +18,7 @@ use common::host::{LinkHost, wait_linked};
 use common::{ADMIN_TOKEN, BinaryServer, TestServer, db_in, free_port};
 use harness::Browser;
 use page::{
-    dom_timeline, page_session, record_badges, row, seen, sign_in, stored_timeline,
+    SignedIn, dom_timeline, page_session, record_badges, row, seen, sign_in, stored_timeline,
     stream_task_events, task_events,
 };
 
@@ -26,11 +26,9 @@ use page::{
 /// cleared at once, and the token lives only in sessionStorage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signs_in_from_the_url_fragment() {
-    let Some(browser) = Browser::launch().await else {
+    let Some(SignedIn { browser, server }) = SignedIn::start().await else {
         return;
     };
-    let server = TestServer::spawn().await;
-    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
     browser.wait_text("#user-id", "admin").await;
     let page = browser
         .js("return {href: location.href, hash: location.hash, token: sessionStorage.getItem('switchboard.token')};")
@@ -42,8 +40,7 @@ async fn signs_in_from_the_url_fragment() {
         !browser.visible("#signin-view").await,
         "no sign-in form once signed in"
     );
-    browser.close().await;
-    server.stop().await;
+    SignedIn { browser, server }.finish().await;
 }
 
 /// The sign-in form refuses a bad token with a clear message, then signs in
@@ -103,11 +100,9 @@ async fn signs_in_through_the_form() {
 /// its result, and the same timeline as the stored events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitted_echo_task_goes_live_to_completed() {
-    let Some(browser) = Browser::launch().await else {
+    let Some(SignedIn { browser, server }) = SignedIn::start().await else {
         return;
     };
-    let server = TestServer::spawn().await;
-    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
     record_badges(&browser).await;
 
     browser.click("#nav a[data-view='submit']").await;
@@ -170,19 +165,16 @@ async fn submitted_echo_task_goes_live_to_completed() {
         !browser.visible("#cancel-task").await,
         "no cancel button on a finished task"
     );
-    browser.close().await;
-    server.stop().await;
+    SignedIn { browser, server }.finish().await;
 }
 
 /// A slow task submitted elsewhere shows up on the board; cancelling it
 /// from the detail view stops it, and the page shows `cancelled`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancels_a_slow_task_from_the_detail_view() {
-    let Some(browser) = Browser::launch().await else {
+    let Some(SignedIn { browser, server }) = SignedIn::start().await else {
         return;
     };
-    let server = TestServer::spawn().await;
-    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
     // Submitted over REST into the admin's default session: the board finds
     // sessions opened elsewhere and follows them.
     let task = server
@@ -221,19 +213,16 @@ async fn cancels_a_slow_task_from_the_detail_view() {
         Some("cancelled"),
         "{timeline:?}"
     );
-    browser.close().await;
-    server.stop().await;
+    SignedIn { browser, server }.finish().await;
 }
 
 /// A task waiting for a person completes when approved from the detail view
 /// and fails when denied, and the page shows both outcomes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approves_and_denies_waiting_tasks() {
-    let Some(browser) = Browser::launch().await else {
+    let Some(SignedIn { browser, server }) = SignedIn::start().await else {
         return;
     };
-    let server = TestServer::spawn().await;
-    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
     let session = page_session(&browser).await;
     let mut ids = Vec::new();
     for prompt in ["please approve me", "please deny me"] {
@@ -285,8 +274,7 @@ async fn approves_and_denies_waiting_tasks() {
     }
     let stored = task_events(&server, &ids[1]).await;
     assert_eq!(dom_timeline(&browser).await, stored_timeline(&stored));
-    browser.close().await;
-    server.stop().await;
+    SignedIn { browser, server }.finish().await;
 }
 
 /// A viewer sees the board and a task's detail, but no submit view and no
@@ -380,11 +368,9 @@ async fn a_viewer_has_no_submit_or_cancel_controls() {
 /// an intact chain; the theme toggle switches and remembers the theme.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verifies_the_chain_and_the_theme_toggles() {
-    let Some(browser) = Browser::launch().await else {
+    let Some(SignedIn { browser, server }) = SignedIn::start().await else {
         return;
     };
-    let server = TestServer::spawn().await;
-    sign_in(&browser, &server.base, ADMIN_TOKEN).await;
     browser.click("#nav a[data-view='audit']").await;
     browser
         .wait_js(
@@ -452,8 +438,7 @@ async fn audit_verifies_the_chain_and_the_theme_toggles() {
     assert_eq!(browser.js(bg).await, dark);
     browser.click("#theme-toggle").await;
     assert_eq!(browser.js(bg).await, light);
-    browser.close().await;
-    server.stop().await;
+    SignedIn { browser, server }.finish().await;
 }
 
 /// Kill -9 the node under an open page mid-task and start it again on the

@@ -13,6 +13,32 @@ pub async fn sign_in(browser: &Browser, base: &str, token: &str) {
     browser.wait_text("#conn-state", "live").await;
 }
 
+/// A fresh node and a browser signed in to it as the admin, live: where
+/// most dashboard tests start. Ends with [`SignedIn::finish`].
+pub struct SignedIn {
+    /// The browser, on the dashboard.
+    pub browser: Browser,
+    /// The node it is signed in to.
+    pub server: TestServer,
+}
+
+impl SignedIn {
+    /// Launch the browser, start a node and sign in; `None` when there is
+    /// no browser here (the test then passes, see [`Browser::launch`]).
+    pub async fn start() -> Option<Self> {
+        let browser = Browser::launch().await?;
+        let server = TestServer::spawn().await;
+        sign_in(&browser, &server.base, ADMIN_TOKEN).await;
+        Some(SignedIn { browser, server })
+    }
+
+    /// Close the browser and stop the node.
+    pub async fn finish(self) {
+        self.browser.close().await;
+        self.server.stop().await;
+    }
+}
+
 /// This tab's session id (the dashboard keeps it in sessionStorage).
 pub async fn page_session(browser: &Browser) -> String {
     browser
