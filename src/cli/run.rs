@@ -108,6 +108,24 @@ async fn agent_for_skill(target: &Target, skill: &str) -> Result<String, CliErro
         .ok_or_else(|| CliError::Usage(format!("no available agent offers the skill `{skill}`")))
 }
 
+/// The `task.submit` op of `run`.
+fn submit_op(agent: &str, prompt: &str, params: Map<String, Value>, skill: Option<&str>) -> Value {
+    let mut op = json!({
+        "op": "task.submit",
+        "agent_type": agent,
+        "prompt": prompt,
+        // Makes a resend after a dropped connection safe.
+        "idempotency_key": Uuid::new_v4().to_string(),
+    });
+    if !params.is_empty() {
+        op["params"] = Value::Object(params);
+    }
+    if let Some(skill) = skill {
+        op["context"] = json!({"skill": skill});
+    }
+    op
+}
+
 /// `switchboard run`.
 pub async fn run(common: &Common, args: RunArgs, out: Out) -> Result<u8, CliError> {
     let target = config::resolve(common)?;
@@ -126,19 +144,7 @@ pub async fn run(common: &Common, args: RunArgs, out: Out) -> Result<u8, CliErro
     let mut sigint = interrupts()?;
     let user = Http::new(&target).user_id().await?;
     let mut ws = Ws::connect_reusing(&target, &user).await?;
-    let mut op = json!({
-        "op": "task.submit",
-        "agent_type": agent,
-        "prompt": prompt,
-        // Makes a resend after a dropped connection safe.
-        "idempotency_key": Uuid::new_v4().to_string(),
-    });
-    if !params.is_empty() {
-        op["params"] = Value::Object(params);
-    }
-    if let Some(skill) = &args.skill {
-        op["context"] = json!({"skill": skill});
-    }
+    let op = submit_op(&agent, &prompt, params, args.skill.as_deref());
     let task = ws.submit(op).await?;
     let task_id: Uuid = task["task_id"]
         .as_str()

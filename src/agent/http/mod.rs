@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::agent::coalesce::Output;
@@ -33,85 +32,12 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 mod errors;
 mod framing;
+mod wire;
 
 pub use errors::error_message;
 use errors::{error_text, retry_after, root_cause};
 pub use framing::{Framer, Framing};
-
-/// What one message of a stream means.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// Text to append.
-    Text(String),
-    /// The response is complete.
-    Done,
-    /// The last text; the response is complete.
-    Final(String),
-    /// The server reported an error.
-    Error(String),
-    /// Nothing for us (pings, metadata).
-    Skip,
-}
-
-/// One HTTP kind's wire format.
-pub trait Wire: Send + Sync + 'static {
-    /// `openai`, `anthropic` or `ollama`.
-    const KIND: &'static str;
-    /// How the stream is framed.
-    const FRAMING: Framing;
-    /// The request for one task.
-    fn request(
-        &self,
-        client: &reqwest::Client,
-        key: Option<&Secret>,
-        job: &Job,
-        params: &HttpParams,
-    ) -> reqwest::RequestBuilder;
-    /// Read one message (`event` is the SSE event name, if any).
-    fn parse(&self, event: Option<&str>, data: &str) -> Step;
-}
-
-/// `POST url` with a JSON body and the key, if any, as a bearer token.
-pub fn post_bearer(
-    client: &reqwest::Client,
-    url: &str,
-    body: &Value,
-    key: Option<&Secret>,
-) -> reqwest::RequestBuilder {
-    let req = client.post(url).json(body);
-    match key {
-        Some(k) => req.bearer_auth(k.expose()),
-        None => req,
-    }
-}
-
-/// One stream message as JSON, or the step that ends the task: the
-/// message is unreadable (`what` names it), or it is an error document.
-pub fn json_message(data: &str, what: &str) -> Result<Value, Step> {
-    let Ok(v) = serde_json::from_str::<Value>(data) else {
-        return Err(Step::Error(format!(
-            "unreadable stream {what}: {data:.200}"
-        )));
-    };
-    match error_message(&v) {
-        Some(e) => Err(Step::Error(e)),
-        None => Ok(v),
-    }
-}
-
-/// The params an HTTP task accepts.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpParams {
-    /// Handled by the gate; accepted here.
-    pub timeout_ms: Option<u64>,
-    /// Overrides the config's `max_tokens`.
-    pub max_tokens: Option<u32>,
-    /// Sampling temperature.
-    pub temperature: Option<f64>,
-    /// A system prompt.
-    pub system: Option<String>,
-}
+pub use wire::{HttpParams, Step, Wire, json_message, post_bearer};
 
 /// The settings an HTTP agent runs with.
 #[derive(Debug, Clone)]
@@ -242,23 +168,7 @@ impl<W: Wire> HttpAgent<W> {
                     self.health.up();
                     return Ok(resp);
                 }
-                Ok(resp) => {
-                    let status = resp.status();
-                    if let Some(after) = retry_after(&resp) {
-                        wait = wait.max(after);
-                    }
-                    let why = error_text(resp).await;
-                    last = format!("the server answered {status}: {why}");
-                    if matches!(status.as_u16(), 401 | 403) {
-                        self.health.down(format!(
-                            "{} refused the credentials ({status}): {why}",
-                            self.settings.base_url
-                        ));
-                    }
-                    if !(status.as_u16() == 429 || status.is_server_error()) {
-                        return Err(AgentError::Failed(format!("{name}: {last}")));
-                    }
-                }
+                Ok(resp) => last = self.refused(resp, &mut wait).await?,
                 Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
                     last = format!(
                         "cannot reach {}: {}",
@@ -284,6 +194,33 @@ impl<W: Wire> HttpAgent<W> {
         Err(AgentError::Failed(format!(
             "{name}: gave up after {MAX_TRIES} tries; last: {last}"
         )))
+    }
+
+    /// A non-success answer: why, when it is worth another try (429, 5xx;
+    /// `wait` grows to the server's `Retry-After`), else the task's failure.
+    /// Refused credentials mark the agent down.
+    async fn refused(
+        &self,
+        resp: reqwest::Response,
+        wait: &mut Duration,
+    ) -> Result<String, AgentError> {
+        let status = resp.status();
+        if let Some(after) = retry_after(&resp) {
+            *wait = (*wait).max(after);
+        }
+        let why = error_text(resp).await;
+        let last = format!("the server answered {status}: {why}");
+        if matches!(status.as_u16(), 401 | 403) {
+            self.health.down(format!(
+                "{} refused the credentials ({status}): {why}",
+                self.settings.base_url
+            ));
+        }
+        if !(status.as_u16() == 429 || status.is_server_error()) {
+            let name = &self.info.agent_type;
+            return Err(AgentError::Failed(format!("{name}: {last}")));
+        }
+        Ok(last)
     }
 }
 
