@@ -45,11 +45,10 @@ pub fn event_frame(
     at: &chrono::DateTime<chrono::Utc>,
 ) -> Frame {
     Frame::text_with(|buf| {
-        let mut ids = [0u8; uuid::fmt::Hyphenated::LENGTH];
         buf.extend_from_slice(br#"{"op":"event","stream":"session:"#);
-        buf.extend_from_slice(session_id.hyphenated().encode_lower(&mut ids).as_bytes());
+        push_uuid(buf, session_id);
         buf.extend_from_slice(br#"","seq":"#);
-        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        push_int(buf, seq);
         buf.extend_from_slice(br#","type":""#);
         buf.extend_from_slice(kind.as_bytes());
         buf.push(b'"');
@@ -65,14 +64,24 @@ fn write_event_tail(
     task_id: Uuid,
     at: &chrono::DateTime<chrono::Utc>,
 ) {
-    let mut ids = [0u8; uuid::fmt::Hyphenated::LENGTH];
     buf.extend_from_slice(br#","data":"#);
     buf.extend_from_slice(data.as_bytes());
     buf.extend_from_slice(br#","task_id":""#);
-    buf.extend_from_slice(task_id.hyphenated().encode_lower(&mut ids).as_bytes());
+    push_uuid(buf, task_id);
     buf.extend_from_slice(br#"","at":""#);
     buf.extend_from_slice(&crate::event::rfc3339_bytes(at));
     buf.extend_from_slice(br#""}"#);
+}
+
+/// Append `id`, hyphenated and lowercase, without allocating.
+fn push_uuid(buf: &mut Vec<u8>, id: Uuid) {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    buf.extend_from_slice(id.hyphenated().encode_lower(&mut text).as_bytes());
+}
+
+/// Append `n` in decimal, without allocating.
+fn push_int(buf: &mut Vec<u8>, n: i64) {
+    buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// An event's `data` object, serialized.
@@ -96,13 +105,12 @@ pub fn tasks_event_frame(
     at: &chrono::DateTime<chrono::Utc>,
 ) -> Frame {
     Frame::text_with(|buf| {
-        let mut ids = [0u8; uuid::fmt::Hyphenated::LENGTH];
         buf.extend_from_slice(
             br#"{"op":"event","stream":"tasks","type":"task.state","session_id":""#,
         );
-        buf.extend_from_slice(session_id.hyphenated().encode_lower(&mut ids).as_bytes());
+        push_uuid(buf, session_id);
         buf.extend_from_slice(br#"","session_seq":"#);
-        buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        push_int(buf, seq);
         write_event_tail(buf, data, task_id, at);
     })
 }
