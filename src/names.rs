@@ -16,7 +16,8 @@ macro_rules! wire_names {
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 <$t>::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .find(|v| v.as_str() == s)
                     .ok_or_else(|| ($unknown)(s))
             }
@@ -24,4 +25,27 @@ macro_rules! wire_names {
     };
 }
 
-pub(crate) use wire_names;
+/// Give an enum of plain variants its wire names, listed once: `ALL`,
+/// `as_str`, and (through [`wire_names`]) `Display` and `FromStr`, whose
+/// error says `unknown value `x``.
+macro_rules! text_enum {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$t] = &[$(<$t>::$v),+];
+
+            /// The wire and storage name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(<$t>::$v => $s),+
+                }
+            }
+        }
+
+        $crate::names::wire_names!($t, String, |other: &str| format!(
+            "unknown value `{other}`"
+        ));
+    };
+}
+
+pub(crate) use {text_enum, wire_names};

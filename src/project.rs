@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::names::text_enum;
 use crate::task::TaskState;
 
 /// A project's status.
@@ -76,23 +77,6 @@ pub enum Priority {
     Medium,
     High,
     Critical,
-}
-
-macro_rules! text_enum {
-    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
-        impl $t {
-            /// The wire and storage name.
-            pub fn as_str(self) -> &'static str {
-                match self { $(<$t>::$v => $s),+ }
-            }
-        }
-        impl std::str::FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($s => Ok(<$t>::$v),)+ other => Err(format!("unknown value `{other}`")) }
-            }
-        }
-    };
 }
 
 text_enum!(ProjectStatus { Active => "active", Completed => "completed", Archived => "archived", OnHold => "on_hold" });
