@@ -280,36 +280,8 @@ pub async fn verify_with_checkpoints(
     verdict.first_seq = (first_seq > 1).then_some(first_seq);
     let Some(key) = key else { return Ok(verdict) };
     for cp in &checkpoints {
-        let problem = if !cp.verify(key) {
-            Some((
-                None,
-                format!(
-                    "checkpoint at seq {} has a bad signature (forged or another key)",
-                    cp.seq
-                ),
-            ))
-        } else if cp.seq < first_seq {
-            None // its record was pruned; the anchor checkpoint vouches for what is kept
-        } else {
-            match head_at.get(&cp.seq) {
-                None => Some((
-                    None,
-                    format!(
-                        "checkpoint at seq {} names a record that is missing: the log was truncated at seq {}",
-                        cp.seq,
-                        last_record.as_ref().map_or(0, |r| r.seq)
-                    ),
-                )),
-                Some((hash, id)) if *hash != cp.head => Some((
-                    Some(*id),
-                    format!(
-                        "record {} differs from the signed checkpoint: the chain was rewritten",
-                        cp.seq
-                    ),
-                )),
-                Some(_) => None,
-            }
-        };
+        let truncated_at = last_record.as_ref().map_or(0, |r| r.seq);
+        let problem = checkpoint_problem(cp, key, first_seq, &head_at, truncated_at);
         if let Some((bad, reason)) = problem {
             verdict.ok = false;
             verdict.first_bad_event_id = bad.or(verdict.first_bad_event_id);
@@ -319,6 +291,47 @@ pub async fn verify_with_checkpoints(
     }
     verdict.checkpoints = Some(checkpoints.len() as u64);
     Ok(verdict)
+}
+
+/// What is wrong with one checkpoint, if anything: the record it names
+/// (when there is one) and why. `head_at` holds the hash and id of every
+/// kept record a checkpoint names; the log's last record is `last_seq`.
+fn checkpoint_problem(
+    cp: &Checkpoint,
+    key: &VerifyingKey,
+    first_seq: i64,
+    head_at: &std::collections::BTreeMap<i64, (String, uuid::Uuid)>,
+    last_seq: i64,
+) -> Option<(Option<uuid::Uuid>, String)> {
+    if !cp.verify(key) {
+        return Some((
+            None,
+            format!(
+                "checkpoint at seq {} has a bad signature (forged or another key)",
+                cp.seq
+            ),
+        ));
+    }
+    if cp.seq < first_seq {
+        return None; // its record was pruned; the anchor checkpoint vouches for what is kept
+    }
+    match head_at.get(&cp.seq) {
+        None => Some((
+            None,
+            format!(
+                "checkpoint at seq {} names a record that is missing: the log was truncated at seq {last_seq}",
+                cp.seq,
+            ),
+        )),
+        Some((hash, id)) if *hash != cp.head => Some((
+            Some(*id),
+            format!(
+                "record {} differs from the signed checkpoint: the chain was rewritten",
+                cp.seq
+            ),
+        )),
+        Some(_) => None,
+    }
 }
 
 /// Where the kept chain starts: at seq 1, or (after a prune) at a record
