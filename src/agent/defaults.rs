@@ -42,73 +42,10 @@ pub fn agents(
     ollama: Option<(String, bool)>,
 ) -> Vec<Arc<dyn Agent>> {
     let code = caps(&["code_generation", "code_analysis", "general"]);
-    let mut out: Vec<Arc<dyn Agent>> = Vec::new();
-
-    let desc = "Claude (Anthropic Messages API, or the Claude Code CLI when configured)";
-    out.push(match env("ANTHROPIC_API_KEY") {
-        Some(key) => {
-            let s = settings(
-                env("ANTHROPIC_BASE_URL").unwrap_or_else(|| anthropic::DEFAULT_BASE_URL.into()),
-                env("ANTHROPIC_MODEL").unwrap_or_else(|| anthropic::DEFAULT_MODEL.into()),
-                Some(key),
-            );
-            let wire = anthropic::Anthropic::new(&s.base_url, &s.model, None);
-            Arc::new(HttpAgent::new("claude", desc, &code, wire, s))
-        }
-        None => Arc::new(Unavailable::named(
-            "claude",
-            desc,
-            &code,
-            "anthropic",
-            "not configured: set ANTHROPIC_API_KEY, or define `claude` in the config file \
-             (e.g. kind = \"command\", command = [\"claude\", \"-p\", \"{prompt}\"])"
-                .into(),
-        )),
-    });
-
-    let desc = "Auggie (an OpenAI-compatible chat model)";
-    out.push(match env("OPENAI_API_KEY") {
-        Some(key) => {
-            let s = settings(
-                env("OPENAI_BASE_URL").unwrap_or_else(|| OPENAI_DEFAULT_BASE.into()),
-                env("OPENAI_MODEL").unwrap_or_else(|| OPENAI_DEFAULT_MODEL.into()),
-                Some(key),
-            );
-            let wire = openai::OpenAi::new(&s.base_url, &s.model, None);
-            Arc::new(HttpAgent::new("auggie", desc, &code, wire, s))
-        }
-        None => Arc::new(Unavailable::named(
-            "auggie",
-            desc,
-            &code,
-            "openai",
-            "not configured: set OPENAI_API_KEY, or define `auggie` in the config file".into(),
-        )),
-    });
-
-    let desc = "Local models through Ollama";
-    let general = caps(&["general", "code_generation"]);
+    let mut out = vec![claude(env, &code), auggie(env, &code)];
     if let Some((url, up)) = ollama {
-        out.push(if up {
-            let model = env("OLLAMA_MODEL").unwrap_or_else(|| ollama::DEFAULT_MODEL.into());
-            let s = settings(url, model, None);
-            let wire = ollama::Ollama::new(&s.base_url, &s.model);
-            Arc::new(HttpAgent::new("ollama", desc, &general, wire, s))
-        } else {
-            Arc::new(Unavailable::named(
-                "ollama",
-                desc,
-                &general,
-                "ollama",
-                format!(
-                    "no Ollama server answered at {url} within {} ms at startup; start one, \
-                     set OLLAMA_HOST, or define `ollama` in the config file",
-                    super::OLLAMA_PROBE_TIMEOUT.as_millis()
-                ),
-            ))
-        });
+        out.push(local_ollama(env, url, up));
     }
-
     for (name, desc, example) in [
         (
             "opendevin",
@@ -130,6 +67,78 @@ pub fn agents(
         )));
     }
     out
+}
+
+/// `claude`: the Messages API when `ANTHROPIC_API_KEY` is set.
+fn claude(env: &dyn Fn(&str) -> Option<String>, code: &[String]) -> Arc<dyn Agent> {
+    let desc = "Claude (Anthropic Messages API, or the Claude Code CLI when configured)";
+    match env("ANTHROPIC_API_KEY") {
+        Some(key) => {
+            let s = settings(
+                env("ANTHROPIC_BASE_URL").unwrap_or_else(|| anthropic::DEFAULT_BASE_URL.into()),
+                env("ANTHROPIC_MODEL").unwrap_or_else(|| anthropic::DEFAULT_MODEL.into()),
+                Some(key),
+            );
+            let wire = anthropic::Anthropic::new(&s.base_url, &s.model, None);
+            Arc::new(HttpAgent::new("claude", desc, code, wire, s))
+        }
+        None => Arc::new(Unavailable::named(
+            "claude",
+            desc,
+            code,
+            "anthropic",
+            "not configured: set ANTHROPIC_API_KEY, or define `claude` in the config file \
+             (e.g. kind = \"command\", command = [\"claude\", \"-p\", \"{prompt}\"])"
+                .into(),
+        )),
+    }
+}
+
+/// `auggie`: an OpenAI-compatible server when `OPENAI_API_KEY` is set.
+fn auggie(env: &dyn Fn(&str) -> Option<String>, code: &[String]) -> Arc<dyn Agent> {
+    let desc = "Auggie (an OpenAI-compatible chat model)";
+    match env("OPENAI_API_KEY") {
+        Some(key) => {
+            let s = settings(
+                env("OPENAI_BASE_URL").unwrap_or_else(|| OPENAI_DEFAULT_BASE.into()),
+                env("OPENAI_MODEL").unwrap_or_else(|| OPENAI_DEFAULT_MODEL.into()),
+                Some(key),
+            );
+            let wire = openai::OpenAi::new(&s.base_url, &s.model, None);
+            Arc::new(HttpAgent::new("auggie", desc, code, wire, s))
+        }
+        None => Arc::new(Unavailable::named(
+            "auggie",
+            desc,
+            code,
+            "openai",
+            "not configured: set OPENAI_API_KEY, or define `auggie` in the config file".into(),
+        )),
+    }
+}
+
+/// `ollama`: the Ollama server at `url`, when it answered the probe (`up`).
+fn local_ollama(env: &dyn Fn(&str) -> Option<String>, url: String, up: bool) -> Arc<dyn Agent> {
+    let desc = "Local models through Ollama";
+    let general = caps(&["general", "code_generation"]);
+    if up {
+        let model = env("OLLAMA_MODEL").unwrap_or_else(|| ollama::DEFAULT_MODEL.into());
+        let s = settings(url, model, None);
+        let wire = ollama::Ollama::new(&s.base_url, &s.model);
+        Arc::new(HttpAgent::new("ollama", desc, &general, wire, s))
+    } else {
+        Arc::new(Unavailable::named(
+            "ollama",
+            desc,
+            &general,
+            "ollama",
+            format!(
+                "no Ollama server answered at {url} within {} ms at startup; start one, \
+                 set OLLAMA_HOST, or define `ollama` in the config file",
+                super::OLLAMA_PROBE_TIMEOUT.as_millis()
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]
