@@ -27,8 +27,9 @@ use crate::ws::frame::Frame;
 
 pub use follow::{Cursor, Follower, read_stored};
 
-/// How many events an inbox holds before its consumer counts as lagging.
-pub const RING_CAPACITY: usize = 1024;
+/// How many events an inbox holds before its consumer counts as lagging
+/// (the default of `[limits] stream_ring`).
+pub const RING_CAPACITY: usize = crate::config::DEFAULT_STREAM_RING;
 /// How many bytes of events an inbox holds before the same.
 const MAX_INBOX_BYTES: usize = 1 << 20;
 
