@@ -8,6 +8,10 @@
 //! Stream `seq` numbers are assigned inside the writing transaction by
 //! bumping the session's `last_seq`, which keeps them gapless even with
 //! several writers.
+//!
+//! The store depends on the bus, not the other way: it publishes to
+//! [`Bus`] after each commit, and serves the bus's catch-up reads as its
+//! [`Backlog`].
 
 pub mod postgres;
 pub mod retention;
@@ -23,10 +27,10 @@ use uuid::Uuid;
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{AuditRecord, NewAudit};
 use crate::auth::User;
-use crate::bus::Bus;
+use crate::bus::{Backlog, Bus, Delivery};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::event::{EventBody, StoredEvent};
+use crate::event::{EventBody, StoredEvent, StreamKey};
 use crate::project::{Execution, Project, ProjectTask, WorkStatus};
 use crate::protocol::storage::StorageReport;
 use crate::session::Session;
@@ -208,7 +212,7 @@ pub trait StorageStats: Send + Sync + 'static {
 /// (`tests/store.rs`, with the Phase 1 part in `tests/store/projects.rs`).
 #[async_trait]
 pub trait Store:
-    ProjectStore + TaskCounts + StorageStats + retention::Retention + Send + Sync + 'static
+    ProjectStore + TaskCounts + StorageStats + retention::Retention + Backlog + Send + Sync + 'static
 {
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
@@ -296,12 +300,12 @@ pub trait Store:
         session_id: Uuid,
         after_seq: i64,
         limit: i64,
-    ) -> Result<Vec<crate::bus::Delivery>> {
+    ) -> Result<Vec<Delivery>> {
         Ok(self
             .events_after(session_id, after_seq, limit)
             .await?
             .iter()
-            .map(|e| crate::bus::Delivery {
+            .map(|e| Delivery {
                 seq: e.seq,
                 frame: crate::protocol::ws::session_event_frame(e),
             })
@@ -363,6 +367,27 @@ pub trait Store:
         _stop: tokio_util::sync::CancellationToken,
     ) -> Option<(EventWriter, tokio::task::JoinHandle<()>)> {
         None
+    }
+}
+
+/// Every store is the bus's backlog: a session stream's stored events, or
+/// the audit chain's, as frames.
+#[async_trait]
+impl<S: Store> Backlog for S {
+    async fn stored_after(&self, key: StreamKey, after: i64, limit: i64) -> Result<Vec<Delivery>> {
+        Ok(match key {
+            StreamKey::Session(id) => self.event_frames_after(id, after, limit).await?,
+            StreamKey::Audit => self
+                .audit_after(after, limit)
+                .await?
+                .iter()
+                .map(|r| Delivery {
+                    seq: r.seq,
+                    frame: crate::protocol::ws::audit_event_frame(r),
+                })
+                .collect(),
+            StreamKey::Tasks => Vec::new(),
+        })
     }
 }
 
