@@ -9,6 +9,11 @@
 //! bumping the session's `last_seq`, which keeps them gapless even with
 //! several writers.
 //!
+//! One design, two dialects: what the backends do alike lives once, in
+//! `rows.rs` (row to domain type), `rules.rs` (whether an append applies)
+//! and `query.rs` (filters); [`sqlite`] and [`postgres`] keep their driver,
+//! locking, notifications and SQL (`rows.rs` says why the line is there).
+//!
 //! The store depends on the bus, not the other way: it publishes to
 //! [`Bus`] after each commit, and serves the bus's catch-up reads as its
 //! [`Backlog`].
