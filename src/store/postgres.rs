@@ -288,20 +288,20 @@ impl Store for PostgresStore {
     }
 
     async fn list_sessions(&self, user_id: Option<&str>) -> Result<Vec<Session>> {
-        let rows = match user_id {
-            Some(u) => {
-                sqlx::query("SELECT * FROM sessions WHERE user_id = $1 ORDER BY created_at DESC")
-                    .bind(u)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM sessions ORDER BY created_at DESC")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        rows.iter().map(session_from).collect()
+        let order = " ORDER BY created_at DESC";
+        let q = query::of_user(
+            Dialect::Postgres,
+            "SELECT * FROM sessions",
+            "user_id = ?",
+            user_id,
+            order,
+        );
+        bind(sqlx::query(&q.sql), q.args)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(session_from)
+            .collect()
     }
 
     async fn end_session(
@@ -536,13 +536,20 @@ impl Store for PostgresStore {
     }
 
     async fn list_devices(&self, user_id: Option<&str>) -> Result<Vec<Device>> {
-        let rows = sqlx::query(
-            "SELECT * FROM devices WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY first_seen",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(device_from).collect()
+        let order = " ORDER BY first_seen";
+        let q = query::of_user(
+            Dialect::Postgres,
+            "SELECT * FROM devices",
+            "user_id = ?",
+            user_id,
+            order,
+        );
+        bind(sqlx::query(&q.sql), q.args)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device_from)
+            .collect()
     }
 
     async fn add_nonce(&self, nonce: &str, user_id: &str, expires_at: DateTime<Utc>) -> Result<()> {

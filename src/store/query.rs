@@ -90,6 +90,21 @@ pub(crate) fn audit(dialect: Dialect, select: &str, f: &AuditQuery) -> Filtered 
     q
 }
 
+/// `select` of one user's rows (`user_col = ?`) or everyone's, in `order`
+/// (an `ORDER BY` clause).
+pub(crate) fn of_user(
+    dialect: Dialect,
+    select: &str,
+    user_col: &str,
+    user_id: Option<&str>,
+    order: &str,
+) -> Filtered {
+    let mut q = Filtered::new(dialect, select);
+    q.and(user_col, user_id.map(|u| Arg::Text(u.into())))
+        .push(order, None);
+    q
+}
+
 /// How a backend's task select names what a [`TaskFilter`] compares, each
 /// a clause with one `?`.
 #[derive(Debug)]

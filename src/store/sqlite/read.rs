@@ -183,22 +183,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_sessions(&self, user_id: Option<&str>) -> Result<Vec<Session>> {
-        let user = user_id.map(str::to_owned);
-        self.read(move |c| match user {
-            Some(u) => all(
-                c,
-                &format!("{SESSION} WHERE s.user_id = ? ORDER BY s.sid DESC"),
-                [u],
-                rows::session,
-            ),
-            None => all(
-                c,
-                &format!("{SESSION} ORDER BY s.sid DESC"),
-                [],
-                rows::session,
-            ),
-        })
-        .await
+        let order = " ORDER BY s.sid DESC";
+        let q = query::of_user(Dialect::Sqlite, SESSION, "s.user_id = ?", user_id, order);
+        let (sql, args) = (q.sql, rows::values(q.args));
+        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::session))
+            .await
     }
 
     async fn end_session(
@@ -409,22 +398,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_devices(&self, user_id: Option<&str>) -> Result<Vec<Device>> {
-        let user = user_id.map(str::to_owned);
-        self.read(move |c| match user {
-            Some(u) => all(
-                c,
-                &format!("{DEVICE} WHERE user_id = ? ORDER BY first_seen"),
-                [u],
-                rows::device,
-            ),
-            None => all(
-                c,
-                &format!("{DEVICE} ORDER BY first_seen"),
-                [],
-                rows::device,
-            ),
-        })
-        .await
+        let order = " ORDER BY first_seen";
+        let q = query::of_user(Dialect::Sqlite, DEVICE, "user_id = ?", user_id, order);
+        let (sql, args) = (q.sql, rows::values(q.args));
+        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::device))
+            .await
     }
 
     async fn add_nonce(&self, nonce: &str, user_id: &str, expires_at: DateTime<Utc>) -> Result<()> {
