@@ -5,6 +5,12 @@
 //! writes the outcome in its own dialect. Appends of a batch are decided
 //! one after another in batch order, so a task inserted early in a batch
 //! can move on later in the same batch.
+//!
+//! The batch's shape stays per backend on purpose: SQLite's single writer
+//! applies each append with cached prepared statements as it decides it
+//! (the cheapest there: no per-batch maps or column arrays on the hot
+//! path), while PostgreSQL decides the whole batch in memory first
+//! (`postgres/plan.rs`) so that it can write it in one round trip.
 
 use crate::event::StoredEvent;
 use crate::store::{Append, Rejected, TaskChange};
