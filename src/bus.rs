@@ -12,6 +12,9 @@
 //!
 //! A stream's entry lives exactly as long as it has subscribers: the last
 //! unsubscribe removes it.
+//!
+//! The store depends on the bus (it publishes what it commits), never the
+//! other way round: the bus reads stored events through [`Backlog`].
 
 mod follow;
 
@@ -25,10 +28,27 @@ use futures_util::task::AtomicWaker;
 use crate::event::StreamKey;
 use crate::ws::frame::Frame;
 
-pub use follow::{Cursor, Follower, read_stored};
+pub use follow::{Cursor, Follower};
 
-/// How many events an inbox holds before its consumer counts as lagging.
-pub const RING_CAPACITY: usize = 1024;
+/// What the bus needs of the store: a stream's stored events, to catch a
+/// consumer up when live delivery skipped some. Defined here so that the
+/// bus does not depend on the store; every [`crate::store::Store`]
+/// provides it.
+#[async_trait::async_trait]
+pub trait Backlog: Send + Sync + 'static {
+    /// Up to `limit` stored events of `key` after `after`, in order, as
+    /// `event` frames (none for the live-only `tasks` stream).
+    async fn stored_after(
+        &self,
+        key: StreamKey,
+        after: i64,
+        limit: i64,
+    ) -> crate::error::Result<Vec<Delivery>>;
+}
+
+/// How many events an inbox holds before its consumer counts as lagging
+/// (the default of `[limits] stream_ring`).
+pub const RING_CAPACITY: usize = crate::config::DEFAULT_STREAM_RING;
 /// How many bytes of events an inbox holds before the same.
 const MAX_INBOX_BYTES: usize = 1 << 20;
 

@@ -13,7 +13,6 @@
 //! sessions get no more than the `viewer` permissions).
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -72,28 +71,8 @@ pub struct Device {
     pub decided_by: Option<String>,
 }
 
-/// The trust policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrustPolicy {
-    /// Device ids are labels; nothing is checked.
-    #[default]
-    Off,
-    /// Untrusted use is allowed and audited.
-    Audit,
-    /// Untrusted devices get at most the viewer permissions.
-    Require,
-}
-
-impl fmt::Display for TrustPolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TrustPolicy::Off => "off",
-            TrustPolicy::Audit => "audit",
-            TrustPolicy::Require => "require",
-        })
-    }
-}
+/// The trust policy: configuration, so it lives in [`crate::config`].
+pub use crate::config::TrustPolicy;
 
 /// The permissions a session keeps under `require` from an untrusted device.
 pub fn cap_untrusted(perms: &BTreeSet<Permission>) -> BTreeSet<Permission> {

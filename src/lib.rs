@@ -101,10 +101,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let mut config = config;
-    if config.checkpoints.is_none() {
-        config.resolve_checkpoints()?;
-    }
+    let checkpoints =
+        audit::checkpoint::CheckpointConfig::resolve(&config.file.audit, &config.database_url)?;
     let bus = Arc::new(Bus::new());
     let store = store::open(&config.database_url, bus.clone()).await?;
     let writer_stop = CancellationToken::new();
@@ -117,6 +115,7 @@ pub async fn serve(
         bus,
         writer,
         agents,
+        checkpoints.clone(),
         engine_stop.clone(),
     ));
 
@@ -132,7 +131,7 @@ pub async fn serve(
     }
 
     let checkpoint_stop = CancellationToken::new();
-    let checkpointer = config.checkpoints.clone().map(|cfg| {
+    let checkpointer = checkpoints.map(|cfg| {
         tokio::spawn(audit::checkpoint::run(
             runtime.store().clone(),
             cfg,

@@ -28,6 +28,8 @@ use crate::error::Result;
 use crate::event::{now, rfc3339};
 use crate::store::Store;
 
+mod resolve;
+
 /// A signed statement that the chain had `head` at `seq`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {

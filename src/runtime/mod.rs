@@ -76,14 +76,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Build the runtime over an opened store. `shutdown` stops the engine's
-    /// drivers; the writer runs until `writer_stop` fires.
+    /// Build the runtime over an opened store. `checkpoints` are the audit
+    /// key and file resolved at start (for verification); `shutdown` stops
+    /// the engine's drivers; the writer runs until `writer_stop` fires.
     pub fn new(
         config: &Config,
         store: Arc<dyn Store>,
         bus: Arc<Bus>,
         writer: EventWriter,
         agents: AgentRegistry,
+        checkpoints: Option<crate::audit::checkpoint::CheckpointConfig>,
         shutdown: CancellationToken,
     ) -> Self {
         let grace = std::time::Duration::from_millis(config.file.link.grace_ms);
@@ -98,7 +100,7 @@ impl Runtime {
             presence: Presence::new(),
             limits: config.limits().clone(),
             node_id: config.node_id.clone(),
-            checkpoints: config.checkpoints.clone(),
+            checkpoints,
             security: config.file.security.clone(),
             throttle: crate::throttle::Throttle::new(&config.file.security),
             tokens: tokens::TokenCache::default(),

@@ -4,7 +4,7 @@ use uuid::Uuid;
 
 use crate::audit::{NewAudit, kind};
 use crate::auth::Principal;
-use crate::bus::{Cursor, read_stored};
+use crate::bus::Cursor;
 use crate::error::{Error, Result};
 use crate::event::{StreamKey, now};
 use crate::protocol::{CreateSessionRequest, EventList, SessionView};
@@ -161,7 +161,10 @@ impl Runtime {
         self.visible_session(p, id).await?;
         let limit = self.page_limit(limit, 100)?;
         let after = after_seq.max(0);
-        let read = read_stored(self.store.as_ref(), StreamKey::Session(id), after, limit).await?;
+        let read = self
+            .store
+            .stored_after(StreamKey::Session(id), after, limit)
+            .await?;
         // A stored stream has no holes: a first event past `after + 1`
         // means the ones between were pruned (exact even when a prune
         // commits between two reads); with none, the floor says.

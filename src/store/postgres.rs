@@ -38,7 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -50,11 +50,15 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::event::StoredEvent;
 use crate::session::Session;
+use crate::store::query::{self, Arg, Dialect, Filtered};
 use crate::store::{Append, AuditQuery, Rejected, Signal, Stats, Store, TaskFilter};
 use crate::task::Task;
 use fanout::Fanout;
 pub(crate) use rows::task_from;
-use rows::{audit_from, device_from, event_from, json, session_from, user_from};
+use rows::{
+    TASK_COLUMNS, audit_from, bind, checkpoint_from, device_from, event_from, json, session_from,
+    user_from,
+};
 use write::write_audit;
 
 /// Channel of stored-event notifications: `s <session> <from> <to>` or `a <from> <to>`.
@@ -284,20 +288,20 @@ impl Store for PostgresStore {
     }
 
     async fn list_sessions(&self, user_id: Option<&str>) -> Result<Vec<Session>> {
-        let rows = match user_id {
-            Some(u) => {
-                sqlx::query("SELECT * FROM sessions WHERE user_id = $1 ORDER BY created_at DESC")
-                    .bind(u)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM sessions ORDER BY created_at DESC")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        rows.iter().map(session_from).collect()
+        let order = " ORDER BY created_at DESC";
+        let q = query::of_user(
+            Dialect::Postgres,
+            "SELECT * FROM sessions",
+            "user_id = ?",
+            user_id,
+            order,
+        );
+        bind(sqlx::query(&q.sql), q.args)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(session_from)
+            .collect()
     }
 
     async fn end_session(
@@ -344,29 +348,17 @@ impl Store for PostgresStore {
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
-        let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM tasks WHERE TRUE");
-        if let Some(u) = &f.user_id {
-            q.push(" AND user_id = ").push_bind(u.clone());
+        let mut q = Filtered::new(Dialect::Postgres, "SELECT * FROM tasks");
+        query::tasks(&mut q, &TASK_COLUMNS, f, true);
+        if let Some((at, id)) = f.before {
+            q.push(" AND (created_at, task_id) < (?", Some(Arg::Time(at)))
+                .push(", ?)", Some(Arg::Uuid(id)));
         }
-        if let Some(s) = f.session_id {
-            q.push(" AND session_id = ").push_bind(s);
-        }
-        if let Some(s) = f.state {
-            q.push(" AND state = ").push_bind(s.as_str());
-        }
-        if let Some(a) = &f.agent_type {
-            q.push(" AND agent_type = ").push_bind(a.clone());
-        }
-        if let Some((at, id)) = &f.before {
-            q.push(" AND (created_at, task_id) < (")
-                .push_bind(*at)
-                .push(", ")
-                .push_bind(*id)
-                .push(")");
-        }
-        q.push(" ORDER BY created_at DESC, task_id DESC LIMIT ")
-            .push_bind(f.limit);
-        q.build()
+        q.push(
+            " ORDER BY created_at DESC, task_id DESC LIMIT ?",
+            Some(Arg::Int(f.limit)),
+        );
+        bind(sqlx::query(&q.sql), q.args)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -421,30 +413,8 @@ impl Store for PostgresStore {
     }
 
     async fn audit_query(&self, f: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let mut q = QueryBuilder::<Postgres>::new("SELECT * FROM audit WHERE TRUE");
-        if let Some(s) = f.session_id {
-            q.push(" AND session_id = ").push_bind(s);
-        }
-        if let Some(u) = &f.user_id {
-            q.push(" AND user_id = ").push_bind(u.clone());
-        }
-        if let Some(t) = &f.event_type {
-            q.push(" AND event_type = ").push_bind(t.clone());
-        }
-        if let Some(t) = &f.resource_type {
-            q.push(" AND resource_type = ").push_bind(t.clone());
-        }
-        if let Some(t) = &f.since {
-            q.push(" AND timestamp >= ").push_bind(*t);
-        }
-        if let Some(t) = &f.until {
-            q.push(" AND timestamp < ").push_bind(*t);
-        }
-        if let Some(s) = f.before_seq {
-            q.push(" AND seq < ").push_bind(s);
-        }
-        q.push(" ORDER BY seq DESC LIMIT ").push_bind(f.limit);
-        q.build()
+        let q = query::audit(Dialect::Postgres, "SELECT * FROM audit", f);
+        bind(sqlx::query(&q.sql), q.args)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -481,10 +451,7 @@ impl Store for PostgresStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(Stats {
-            tasks_by_state: rows
-                .into_iter()
-                .filter_map(|(s, n)| s.parse().ok().map(|s| (s, n)))
-                .collect(),
+            tasks_by_state: query::by_state(rows),
             active_sessions,
         })
     }
@@ -528,21 +495,12 @@ impl Store for PostgresStore {
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        let rows: Vec<(i64, String, DateTime<Utc>, String, String)> = sqlx::query_as(
-            "SELECT seq, head, at, key_id, signature FROM audit_checkpoints ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(seq, head, at, key_id, signature)| Checkpoint {
-                seq,
-                head,
-                at,
-                key_id,
-                signature,
-            })
-            .collect())
+        sqlx::query("SELECT seq, head, at, key_id, signature FROM audit_checkpoints ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(checkpoint_from)
+            .collect()
     }
 
     async fn put_device(&self, d: &Device, audit: Vec<NewAudit>) -> Result<()> {
@@ -578,13 +536,20 @@ impl Store for PostgresStore {
     }
 
     async fn list_devices(&self, user_id: Option<&str>) -> Result<Vec<Device>> {
-        let rows = sqlx::query(
-            "SELECT * FROM devices WHERE ($1::TEXT IS NULL OR user_id = $1) ORDER BY first_seen",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(device_from).collect()
+        let order = " ORDER BY first_seen";
+        let q = query::of_user(
+            Dialect::Postgres,
+            "SELECT * FROM devices",
+            "user_id = ?",
+            user_id,
+            order,
+        );
+        bind(sqlx::query(&q.sql), q.args)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device_from)
+            .collect()
     }
 
     async fn add_nonce(&self, nonce: &str, user_id: &str, expires_at: DateTime<Utc>) -> Result<()> {

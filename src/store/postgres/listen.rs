@@ -14,7 +14,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{CONTROL_CHANNEL, EVENTS_CHANNEL, PostgresStore, TASKS_CHANNEL, notify};
-use crate::bus::read_stored;
+use crate::bus::Backlog;
 use crate::event::StreamKey;
 use crate::protocol::ws::tasks_lagged_frame;
 use crate::store::{Signal, Store};
@@ -145,7 +145,7 @@ impl PostgresStore {
             self.fanout.publish(&events, &[]);
             return Ok(());
         }
-        for d in read_stored(self, key, after, limit.max(1)).await? {
+        for d in self.stored_after(key, after, limit.max(1)).await? {
             if self.fanout.claim(key, d.seq) {
                 self.fanout.bus.publish(key, d.seq, || d.frame.clone());
             }

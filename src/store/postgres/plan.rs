@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::audit::NewAudit;
 use crate::event::StoredEvent;
 use crate::protocol::ws::event_data;
-use crate::store::{Append, Rejected, TaskChange, Transition};
+use crate::store::{Append, Rejected, TaskChange, Transition, rules};
 use crate::task::{Task, TaskState};
 
 /// A session as its locked row says.
@@ -115,9 +115,9 @@ pub(super) struct Plan {
 }
 
 /// Whether an append of a new task may go into its session: the session
-/// exists, is active and is the task owner's.
+/// exists, and [`rules::may_insert`] says yes.
 fn may_insert(session: Option<&SessionRow>, t: &Task) -> bool {
-    session.is_some_and(|s| s.active && s.user_id == t.user_id)
+    session.is_some_and(|s| rules::may_insert(s.active, &s.user_id, t))
 }
 
 /// The new tasks of `batch` worth trying to insert: those whose session
@@ -205,33 +205,20 @@ fn decide(a: &Append, locked: &mut Locked, inserted: &mut Vec<Uuid>) -> Result<(
             locked.tasks.insert(t.task_id, t.state);
             Ok(())
         }
-        TaskChange::Transition(tr) => {
+        TaskChange::Transition(_) | TaskChange::Require(_) => {
             let state = locked.tasks.get_mut(&a.task_id).ok_or(Rejected::NoTask)?;
-            if *state != tr.from {
-                return Err(Rejected::StateIs(*state));
-            }
-            *state = tr.to;
+            *state = rules::apply(&a.change, *state)?;
             Ok(())
         }
-        TaskChange::Require(want) => match locked.tasks.get(&a.task_id) {
-            None => Err(Rejected::NoTask),
-            Some(state) if state != want => Err(Rejected::StateIs(*state)),
-            Some(_) => Ok(()),
-        },
     }
 }
 
 impl Plan {
     /// Record a stored append: its event row, its stream's new last seq,
     /// its audit records; the event it became.
-    fn stored(&mut self, rows: &mut HashMap<Uuid, usize>, a: Append, seq: i64) -> StoredEvent {
-        let event = StoredEvent {
-            session_id: a.session_id,
-            seq,
-            task_id: a.task_id,
-            at: a.at,
-            body: a.body,
-        };
+    fn stored(&mut self, rows: &mut HashMap<Uuid, usize>, mut a: Append, seq: i64) -> StoredEvent {
+        let audit = std::mem::take(&mut a.audit);
+        let event = a.into_stored(seq);
         let ev = &mut self.events;
         ev.session_id.push(event.session_id);
         ev.seq.push(seq);
@@ -252,7 +239,7 @@ impl Plan {
                 s.last_activity.push(event.at);
             }
         }
-        self.audit.extend(a.audit);
+        self.audit.extend(audit);
         event
     }
 

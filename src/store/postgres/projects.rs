@@ -10,53 +10,20 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::{Postgres, Row};
+use sqlx::Postgres;
+use sqlx::postgres::PgArguments;
 
+use super::rows::{project_from, project_task_from as task_from};
 use super::{PostgresStore, write_audit};
 use crate::audit::NewAudit;
 use crate::error::Result;
 use crate::project::{Execution, Project, ProjectTask, WorkStatus};
-use crate::store::{ProjectStore, corrupt};
+use crate::store::ProjectStore;
 use crate::task::TaskState;
 
 /// Columns of a project task with its project's key.
 const TASK_SELECT: &str = "SELECT t.*, p.key AS project_key FROM project_tasks t \
                            JOIN projects p ON p.id = t.project_id";
-
-fn project_from(row: &PgRow) -> Result<Project> {
-    let status: &str = row.try_get("status")?;
-    Ok(Project {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        key: row.try_get("key")?,
-        description: row.try_get("description")?,
-        status: status.parse().map_err(corrupt)?,
-        github_repo_url: row.try_get("github_repo_url")?,
-        telegram_chat_id: row.try_get("telegram_chat_id")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn task_from(row: &PgRow) -> Result<ProjectTask> {
-    let status: &str = row.try_get("status")?;
-    let priority: &str = row.try_get("priority")?;
-    Ok(ProjectTask {
-        id: row.try_get("id")?,
-        project_id: row.try_get("project_id")?,
-        project_key: row.try_get("project_key")?,
-        number: row.try_get("number")?,
-        title: row.try_get("title")?,
-        description: row.try_get("description")?,
-        status: status.parse().map_err(corrupt)?,
-        priority: priority.parse().map_err(corrupt)?,
-        assigned_agent_type: row.try_get("assigned_agent_type")?,
-        agent_execution_status: row.try_get("agent_execution_status")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
 
 impl PostgresStore {
     async fn read_project_task(&self, id: i64) -> Result<Option<ProjectTask>> {

@@ -1,5 +1,7 @@
-//! Row mapping of the PostgreSQL store: one function per table, from a
-//! fetched row to the domain type.
+//! How the PostgreSQL store holds a value: [`Columns`] for an sqlx row
+//! (native `uuid`, `timestamptz`, `jsonb` and `boolean` columns), and JSON
+//! for binding. Which columns make a user, a task or an event is in the
+//! shared [`crate::store::rows`], re-exported here under this store's names.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -7,117 +9,81 @@ use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::audit::AuditRecord;
-use crate::auth::User;
-use crate::device::Device;
 use crate::error::Result;
-use crate::event::{EventBody, StoredEvent};
-use crate::session::{Session, SessionState};
 use crate::store::corrupt;
-use crate::task::Task;
+use crate::store::query::{Arg, TaskColumns};
+use crate::store::rows::{Columns, type_name};
+
+pub(crate) use crate::store::rows::task as task_from;
+pub(super) use crate::store::rows::{
+    audit as audit_from, checkpoint as checkpoint_from, device as device_from, event as event_from,
+    project as project_from, project_task as project_task_from, session as session_from,
+    user as user_from,
+};
+
+/// What a task filter compares in `tasks`.
+pub(super) const TASK_COLUMNS: TaskColumns = TaskColumns {
+    user_id: "user_id = ?",
+    session_id: "session_id = ?",
+    state: "state = ?",
+    agent_type: "agent_type = ?",
+};
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Bind the values of a shared query, in order.
+pub(super) fn bind(q: Query<'_>, args: Vec<Arg>) -> Query<'_> {
+    args.into_iter().fold(q, |q, a| match a {
+        Arg::Text(s) => q.bind(s),
+        Arg::Int(n) => q.bind(n),
+        Arg::Uuid(id) => q.bind(id),
+        Arg::Time(t) => q.bind(t),
+    })
+}
 
 pub(super) fn json<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-pub(super) fn from_json<T: DeserializeOwned>(row: &PgRow, column: &str) -> Result<T> {
-    let v: Value = row.try_get(column)?;
-    serde_json::from_value(v).map_err(corrupt)
-}
+impl Columns for PgRow {
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.try_get(col)?)
+    }
 
-pub(super) fn user_from(row: &PgRow) -> Result<User> {
-    Ok(User {
-        user_id: row.try_get("user_id")?,
-        roles: from_json(row, "roles")?,
-        grants: from_json(row, "grants")?,
-        revokes: from_json(row, "revokes")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.try_get(col)?)
+    }
 
-pub(super) fn session_from(row: &PgRow) -> Result<Session> {
-    let state: &str = row.try_get("state")?;
-    Ok(Session {
-        session_id: row.try_get("session_id")?,
-        user_id: row.try_get("user_id")?,
-        device_id: row.try_get("device_id")?,
-        created_at: row.try_get("created_at")?,
-        last_activity: row.try_get("last_activity")?,
-        permissions: from_json(row, "permissions")?,
-        state: if state == "active" {
-            SessionState::Active
-        } else {
-            SessionState::Ended
-        },
-        last_seq: row.try_get("last_seq")?,
-        is_default: row.try_get("is_default")?,
-    })
-}
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.try_get(col)?)
+    }
 
-pub(crate) fn task_from(row: &PgRow) -> Result<Task> {
-    let state: &str = row.try_get("state")?;
-    Ok(Task {
-        task_id: row.try_get("task_id")?,
-        execution_uuid: row.try_get("execution_uuid")?,
-        session_id: row.try_get("session_id")?,
-        user_id: row.try_get("user_id")?,
-        agent_type: row.try_get("agent_type")?,
-        prompt: row.try_get("prompt")?,
-        context: row.try_get("context")?,
-        params: row.try_get("params")?,
-        state: state.parse().map_err(corrupt)?,
-        result: row.try_get("result")?,
-        error: row.try_get("error")?,
-        metadata: row.try_get("metadata")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        execution_time: row.try_get("execution_time")?,
-    })
-}
+    fn opt_float(&self, col: &str) -> Result<Option<f64>> {
+        Ok(self.try_get(col)?)
+    }
 
-pub(super) fn event_from(row: &PgRow) -> Result<StoredEvent> {
-    let kind: String = row.try_get("event_type")?;
-    let data: Value = row.try_get("data")?;
-    let body: EventBody =
-        serde_json::from_value(serde_json::json!({"type": kind, "data": data})).map_err(corrupt)?;
-    Ok(StoredEvent {
-        session_id: row.try_get("session_id")?,
-        seq: row.try_get("seq")?,
-        task_id: row.try_get("task_id")?,
-        at: row.try_get("at")?,
-        body,
-    })
-}
+    fn flag(&self, col: &str) -> Result<bool> {
+        Ok(self.try_get(col)?)
+    }
 
-pub(super) fn audit_from(row: &PgRow) -> Result<AuditRecord> {
-    Ok(AuditRecord {
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        timestamp: row.try_get("timestamp")?,
-        user_id: row.try_get("user_id")?,
-        session_id: row.try_get("session_id")?,
-        resource_type: row.try_get("resource_type")?,
-        resource_id: row.try_get("resource_id")?,
-        action: row.try_get("action")?,
-        status: row.try_get("status")?,
-        details: row.try_get("details")?,
-        seq: row.try_get("seq")?,
-        hash: row.try_get("hash")?,
-        prev_hash: row.try_get("prev_hash")?,
-    })
-}
+    fn uuid(&self, col: &str) -> Result<uuid::Uuid> {
+        Ok(self.try_get(col)?)
+    }
 
-pub(super) fn device_from(row: &PgRow) -> Result<Device> {
-    let state: String = row.try_get("state")?;
-    Ok(Device {
-        device_id: row.try_get("device_id")?,
-        user_id: row.try_get("user_id")?,
-        name: row.try_get("name")?,
-        public_key: row.try_get("public_key")?,
-        state: state.parse().map_err(corrupt)?,
-        first_seen: row.try_get("first_seen")?,
-        last_seen: row.try_get("last_seen")?,
-        decided_by: row.try_get("decided_by")?,
-    })
+    fn opt_uuid(&self, col: &str) -> Result<Option<uuid::Uuid>> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn time(&self, col: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+        Ok(self.try_get(col)?)
+    }
+
+    fn json<T: DeserializeOwned>(&self, col: &str) -> Result<T> {
+        let v: Value = self.try_get(col)?;
+        serde_json::from_value(v).map_err(corrupt)
+    }
+
+    fn event_type(&self) -> Result<&'static str> {
+        type_name(self.try_get::<&str, _>("event_type")?)
+    }
 }

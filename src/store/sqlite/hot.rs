@@ -6,11 +6,11 @@ use std::time::Instant;
 use rusqlite::ErrorCode;
 
 use crate::error::{Error, Result};
-use crate::event::{StoredEvent, now, rfc3339};
+use crate::event::{now, rfc3339};
 use crate::protocol::ws::publish_session_event;
 use crate::store::sqlite::rows::{event_data, event_kind, micros};
 use crate::store::sqlite::writer::{Job, SessionSlot, TaskSlot, Writer};
-use crate::store::{Append, Rejected, TaskChange};
+use crate::store::{Append, Rejected, TaskChange, Transition, rules};
 
 /// What applying one hot job gave, kept until the commit.
 enum Applied {
@@ -139,7 +139,7 @@ impl Writer {
         };
         let (sid, seq) = (session.sid, session.last_seq + 1);
         if let TaskChange::Insert(t) = &a.change {
-            if !session.active || session.user_id != t.user_id {
+            if !rules::may_insert(session.active, &session.user_id, t) {
                 return Ok(Applied::Refused(Rejected::NoSession));
             }
         }
@@ -202,50 +202,50 @@ impl Writer {
                 self.count_active(&t.user_id, 1);
                 Ok(Ok(tid))
             }
-            TaskChange::Transition(tr) => {
+            TaskChange::Transition(_) | TaskChange::Require(_) => {
                 let Some(task) = self.task(a.task_id)? else {
                     return Ok(Err(Rejected::NoTask));
                 };
-                if task.state != tr.from {
-                    let state = task.state;
-                    self.forget_if_ended(a.task_id);
-                    return Ok(Err(Rejected::StateIs(state)));
-                }
-                task.state = tr.to;
-                let tid = task.tid;
-                self.conn
-                    .prepare_cached(
-                        "UPDATE task_state SET state = ?, updated_at = ?, \
-                         result = COALESCE(?, result), error = COALESCE(?, error), \
-                         execution_time = COALESCE(?, execution_time) WHERE tid = ?",
-                    )?
-                    .execute(rusqlite::params![
-                        tr.to.as_str(),
-                        rfc3339(&a.at),
-                        tr.result,
-                        tr.error,
-                        tr.execution_time,
-                        tid,
-                    ])?;
-                if tr.to.is_terminal() {
-                    if let Some(t) = self.tasks.remove(&a.task_id) {
-                        self.count_active(&t.user_id, -1);
+                let next = match rules::apply(&a.change, task.state) {
+                    Ok(next) => next,
+                    Err(rejected) => {
+                        self.forget_if_ended(a.task_id);
+                        return Ok(Err(rejected));
                     }
+                };
+                task.state = next;
+                let tid = task.tid;
+                if let TaskChange::Transition(tr) = &a.change {
+                    self.store_transition(tid, tr, a)?;
                 }
                 Ok(Ok(tid))
             }
-            TaskChange::Require(state) => {
-                let Some(task) = self.task(a.task_id)? else {
-                    return Ok(Err(Rejected::NoTask));
-                };
-                if task.state != *state {
-                    let now = task.state;
-                    self.forget_if_ended(a.task_id);
-                    return Ok(Err(Rejected::StateIs(now)));
-                }
-                Ok(Ok(task.tid))
+        }
+    }
+
+    /// Write a transition that applied to the task row `tid`; a task that
+    /// ends leaves memory and its owner's count.
+    fn store_transition(&mut self, tid: i64, tr: &Transition, a: &Append) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE task_state SET state = ?, updated_at = ?, \
+                 result = COALESCE(?, result), error = COALESCE(?, error), \
+                 execution_time = COALESCE(?, execution_time) WHERE tid = ?",
+            )?
+            .execute(rusqlite::params![
+                tr.to.as_str(),
+                rfc3339(&a.at),
+                tr.result,
+                tr.error,
+                tr.execution_time,
+                tid,
+            ])?;
+        if tr.to.is_terminal() {
+            if let Some(t) = self.tasks.remove(&a.task_id) {
+                self.count_active(&t.user_id, -1);
             }
         }
+        Ok(())
     }
 
     /// Ended tasks are not kept in memory.
@@ -267,13 +267,7 @@ impl Writer {
             match (job, applied) {
                 (Job::Append(a, reply), Applied::Event { seq, data }) => {
                     stored += 1;
-                    let event = StoredEvent {
-                        session_id: a.session_id,
-                        seq,
-                        task_id: a.task_id,
-                        at: a.at,
-                        body: a.body,
-                    };
+                    let event = a.into_stored(seq);
                     publish_session_event(&self.bus, &event, &data);
                     replies.push((reply.push_ack(), Ok(Ok(event))));
                 }

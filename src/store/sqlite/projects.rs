@@ -6,55 +6,29 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::SqliteStore;
-use super::rows::{all, one, time};
+use super::rows::{all, one};
 use crate::audit::NewAudit;
 use crate::error::Result;
 use crate::event::rfc3339;
 use crate::project::{Execution, Project, ProjectTask, WorkStatus};
-use crate::store::{ProjectStore, corrupt};
+use crate::store::ProjectStore;
 use crate::task::TaskState;
 
-/// Columns of a project, in the order [`project_from`] reads them.
+/// A project.
 const PROJECT_SELECT: &str = "SELECT id, name, key, description, status, github_repo_url, \
      telegram_chat_id, created_at, updated_at FROM projects";
 
 /// Columns of a project task with its project's key.
-const TASK_SELECT: &str = "SELECT t.id, t.project_id, p.key, t.number, t.title, t.description, \
+const TASK_SELECT: &str = "SELECT t.id, t.project_id, p.key AS project_key, t.number, t.title, t.description, \
      t.status, t.priority, t.assigned_agent_type, t.agent_execution_status, t.created_at, \
      t.updated_at FROM project_tasks t JOIN projects p ON p.id = t.project_id";
 
 fn project_from(row: &Row<'_>) -> Result<Project> {
-    let status: String = row.get(4)?;
-    Ok(Project {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        key: row.get(2)?,
-        description: row.get(3)?,
-        status: status.parse().map_err(corrupt)?,
-        github_repo_url: row.get(5)?,
-        telegram_chat_id: row.get(6)?,
-        created_at: time(&row.get::<_, String>(7)?)?,
-        updated_at: time(&row.get::<_, String>(8)?)?,
-    })
+    crate::store::rows::project(row)
 }
 
 fn task_from(row: &Row<'_>) -> Result<ProjectTask> {
-    let status: String = row.get(6)?;
-    let priority: String = row.get(7)?;
-    Ok(ProjectTask {
-        id: row.get(0)?,
-        project_id: row.get(1)?,
-        project_key: row.get(2)?,
-        number: row.get(3)?,
-        title: row.get(4)?,
-        description: row.get(5)?,
-        status: status.parse().map_err(corrupt)?,
-        priority: priority.parse().map_err(corrupt)?,
-        assigned_agent_type: row.get(8)?,
-        agent_execution_status: row.get(9)?,
-        created_at: time(&row.get::<_, String>(10)?)?,
-        updated_at: time(&row.get::<_, String>(11)?)?,
-    })
+    crate::store::rows::project_task(row)
 }
 
 fn text(s: &str) -> Value {

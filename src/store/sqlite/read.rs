@@ -3,13 +3,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::SqliteStore;
-use super::rows::{self, AUDIT, DEVICE, EVENT, SESSION, TASK, USER, all, one, to_json};
+use super::rows::{
+    self, AUDIT, DEVICE, EVENT, SESSION, TASK, TASK_COLUMNS, USER, all, one, to_json,
+};
 use super::writer::Job;
 use crate::audit::checkpoint::Checkpoint;
 use crate::audit::{AuditRecord, NewAudit};
@@ -20,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::event::{StoredEvent, rfc3339};
 use crate::protocol::ws::event_frame;
 use crate::session::Session;
+use crate::store::query::{self, Arg, Dialect, Filtered};
 use crate::store::writer::Reply;
 use crate::store::{Append, AuditQuery, Rejected, Stats, Store, TaskFilter};
 use crate::task::Task;
@@ -181,22 +183,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_sessions(&self, user_id: Option<&str>) -> Result<Vec<Session>> {
-        let user = user_id.map(str::to_owned);
-        self.read(move |c| match user {
-            Some(u) => all(
-                c,
-                &format!("{SESSION} WHERE s.user_id = ? ORDER BY s.sid DESC"),
-                [u],
-                rows::session,
-            ),
-            None => all(
-                c,
-                &format!("{SESSION} ORDER BY s.sid DESC"),
-                [],
-                rows::session,
-            ),
-        })
-        .await
+        let order = " ORDER BY s.sid DESC";
+        let q = query::of_user(Dialect::Sqlite, SESSION, "s.user_id = ?", user_id, order);
+        let (sql, args) = (q.sql, rows::values(q.args));
+        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::session))
+            .await
     }
 
     async fn end_session(
@@ -244,31 +235,14 @@ impl Store for SqliteStore {
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
-        let mut sql = format!("{TASK} WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        let mut push = |clause: &str, v: Value| {
-            sql.push_str(clause);
-            args.push(v);
-        };
-        if let Some(u) = &f.user_id {
-            push(" AND t.user_id = ?", Value::Text(u.clone()));
-        }
-        if let Some(s) = f.session_id {
-            push(" AND ss.session_id = ?", Value::Text(s.to_string()));
-        }
-        if let Some(s) = f.state {
-            push(" AND s.state = ?", Value::Text(s.as_str().into()));
-        }
-        if let Some(a) = &f.agent_type {
-            push(" AND t.agent_type = ?", Value::Text(a.clone()));
-        }
-        if let Some((_, id)) = &f.before {
-            push(
-                " AND t.tid < (SELECT tid FROM tasks WHERE task_id = ?)",
-                Value::Text(id.to_string()),
-            );
-        }
-        push(" ORDER BY t.tid DESC LIMIT ?", Value::Integer(f.limit));
+        let mut q = Filtered::new(Dialect::Sqlite, TASK);
+        query::tasks(&mut q, &TASK_COLUMNS, f, true);
+        q.and(
+            "t.tid < (SELECT tid FROM tasks WHERE task_id = ?)",
+            f.before.map(|(_, id)| Arg::Uuid(id)),
+        )
+        .push(" ORDER BY t.tid DESC LIMIT ?", Some(Arg::Int(f.limit)));
+        let (sql, args) = (q.sql, rows::values(q.args));
         self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::task))
             .await
     }
@@ -353,34 +327,8 @@ impl Store for SqliteStore {
     }
 
     async fn audit_query(&self, f: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let mut sql = format!("{AUDIT} WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        let mut push = |clause: &str, v: Value| {
-            sql.push_str(clause);
-            args.push(v);
-        };
-        if let Some(s) = f.session_id {
-            push(" AND session_id = ?", Value::Text(s.to_string()));
-        }
-        if let Some(u) = &f.user_id {
-            push(" AND user_id = ?", Value::Text(u.clone()));
-        }
-        if let Some(t) = &f.event_type {
-            push(" AND event_type = ?", Value::Text(t.clone()));
-        }
-        if let Some(t) = &f.resource_type {
-            push(" AND resource_type = ?", Value::Text(t.clone()));
-        }
-        if let Some(t) = &f.since {
-            push(" AND timestamp >= ?", Value::Text(rfc3339(t)));
-        }
-        if let Some(t) = &f.until {
-            push(" AND timestamp < ?", Value::Text(rfc3339(t)));
-        }
-        if let Some(s) = f.before_seq {
-            push(" AND seq < ?", Value::Integer(s));
-        }
-        push(" ORDER BY seq DESC LIMIT ?", Value::Integer(f.limit));
+        let q = query::audit(Dialect::Sqlite, AUDIT, f);
+        let (sql, args) = (q.sql, rows::values(q.args));
         self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::audit))
             .await
     }
@@ -414,15 +362,7 @@ impl Store for SqliteStore {
                 c,
                 "SELECT seq, head, at, key_id, signature FROM audit_checkpoints ORDER BY seq",
                 [],
-                |r| {
-                    Ok(Checkpoint {
-                        seq: r.get(0)?,
-                        head: r.get(1)?,
-                        at: rows::time(&r.get::<_, String>(2)?)?,
-                        key_id: r.get(3)?,
-                        signature: r.get(4)?,
-                    })
-                },
+                |r| crate::store::rows::checkpoint(r),
             )
         })
         .await
@@ -458,22 +398,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_devices(&self, user_id: Option<&str>) -> Result<Vec<Device>> {
-        let user = user_id.map(str::to_owned);
-        self.read(move |c| match user {
-            Some(u) => all(
-                c,
-                &format!("{DEVICE} WHERE user_id = ? ORDER BY first_seen"),
-                [u],
-                rows::device,
-            ),
-            None => all(
-                c,
-                &format!("{DEVICE} ORDER BY first_seen"),
-                [],
-                rows::device,
-            ),
-        })
-        .await
+        let order = " ORDER BY first_seen";
+        let q = query::of_user(Dialect::Sqlite, DEVICE, "user_id = ?", user_id, order);
+        let (sql, args) = (q.sql, rows::values(q.args));
+        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::device))
+            .await
     }
 
     async fn add_nonce(&self, nonce: &str, user_id: &str, expires_at: DateTime<Utc>) -> Result<()> {
@@ -514,10 +443,7 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             Ok(Stats {
-                tasks_by_state: by_state
-                    .into_iter()
-                    .filter_map(|(s, n)| s.parse().ok().map(|s| (s, n)))
-                    .collect(),
+                tasks_by_state: query::by_state(by_state),
                 active_sessions,
             })
         })

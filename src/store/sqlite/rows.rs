@@ -1,8 +1,12 @@
-//! Rows to values and back: the SQL text of the common selects and the
-//! mapping of their rows.
+//! Rows to values and back in the SQLite store: the SQL text of the common
+//! selects, how this store holds a value ([`Columns`] for a rusqlite row:
+//! ids and times as text, event times as microseconds, JSON as text), and
+//! the encodings the writer uses. Which columns make a user, a task or an
+//! event is in the shared [`crate::store::rows`].
 
 use chrono::{DateTime, Utc};
 use rusqlite::Row;
+use rusqlite::types::ValueRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -12,9 +16,13 @@ use crate::auth::User;
 use crate::device::Device;
 use crate::error::Result;
 use crate::event::{EventBody, StoredEvent};
-use crate::session::{Session, SessionState};
+use crate::session::Session;
 use crate::store::corrupt;
+use crate::store::query::{Arg, TaskColumns};
+use crate::store::rows::{self as shared, Columns};
 use crate::task::Task;
+
+pub(crate) use crate::store::rows::kind_name;
 
 /// A task with its state and its session's id.
 pub const TASK: &str = "SELECT t.task_id, t.execution_uuid, ss.session_id, t.user_id, t.agent_type, \
@@ -29,6 +37,15 @@ pub const SESSION: &str = "SELECT s.session_id, s.user_id, s.device_id, s.create
      (SELECT f.pruned_through FROM stream_floor f WHERE f.sid = s.sid), 0) AS last_seq \
      FROM sessions s";
 
+/// What a task filter compares in [`TASK`] (and in counts over `tasks t`
+/// joined to `task_state s`).
+pub const TASK_COLUMNS: TaskColumns = TaskColumns {
+    user_id: "t.user_id = ?",
+    session_id: "t.sid = (SELECT sid FROM sessions WHERE session_id = ?)",
+    state: "s.state = ?",
+    agent_type: "t.agent_type = ?",
+};
+
 /// An event with its session's and task's ids.
 pub const EVENT: &str = "SELECT ss.session_id, e.seq, t.task_id, e.at, e.kind, e.data \
      FROM events e JOIN tasks t ON t.tid = e.tid JOIN sessions ss ON ss.sid = e.sid";
@@ -38,15 +55,6 @@ pub fn event_kind(body: &EventBody) -> i64 {
     match body {
         EventBody::State(_) => 0,
         EventBody::Output(_) => 1,
-    }
-}
-
-/// The `type` of an event of `kind`.
-pub fn kind_name(kind: i64) -> &'static str {
-    if kind == 0 {
-        "task.state"
-    } else {
-        "task.output"
     }
 }
 
@@ -84,120 +92,102 @@ pub fn uuid(text: &str) -> Result<Uuid> {
     Uuid::parse_str(text).map_err(corrupt)
 }
 
-fn text(row: &Row<'_>, i: usize) -> Result<String> {
-    Ok(row.get::<_, String>(i)?)
-}
-
-pub fn user(row: &Row<'_>) -> Result<User> {
-    Ok(User {
-        user_id: text(row, 0)?,
-        roles: from_json(&text(row, 1)?)?,
-        grants: from_json(&text(row, 2)?)?,
-        revokes: from_json(&text(row, 3)?)?,
-        created_at: time(&text(row, 4)?)?,
-    })
-}
-
-/// Columns of `users`, in the order [`user`] reads them.
+/// Columns of `users`.
 pub const USER: &str = "SELECT user_id, roles, grants, revokes, created_at FROM users";
 
-pub fn session(row: &Row<'_>) -> Result<Session> {
-    let state: String = row.get(6)?;
-    Ok(Session {
-        session_id: uuid(&text(row, 0)?)?,
-        user_id: text(row, 1)?,
-        device_id: row.get(2)?,
-        created_at: time(&text(row, 3)?)?,
-        last_activity: time(&text(row, 4)?)?,
-        permissions: from_json(&text(row, 5)?)?,
-        state: if state == "active" {
-            SessionState::Active
-        } else {
-            SessionState::Ended
-        },
-        is_default: row.get(7)?,
-        last_seq: row.get(8)?,
-    })
-}
-
-pub fn task(row: &Row<'_>) -> Result<Task> {
-    let state: String = row.get(8)?;
-    Ok(Task {
-        task_id: uuid(&text(row, 0)?)?,
-        execution_uuid: uuid(&text(row, 1)?)?,
-        session_id: uuid(&text(row, 2)?)?,
-        user_id: text(row, 3)?,
-        agent_type: text(row, 4)?,
-        prompt: text(row, 5)?,
-        context: from_json(&text(row, 6)?)?,
-        params: from_json(&text(row, 7)?)?,
-        state: state.parse().map_err(corrupt)?,
-        result: row.get(9)?,
-        error: row.get(10)?,
-        metadata: from_json(&text(row, 11)?)?,
-        idempotency_key: row.get(12)?,
-        created_at: time(&text(row, 13)?)?,
-        updated_at: time(&text(row, 14)?)?,
-        execution_time: row.get(15)?,
-    })
-}
-
-pub fn event(row: &Row<'_>) -> Result<StoredEvent> {
-    let kind: i64 = row.get(4)?;
-    let data: String = row.get(5)?;
-    let body: EventBody = serde_json::from_value(serde_json::json!({
-        "type": kind_name(kind),
-        "data": serde_json::from_str::<serde_json::Value>(&data).map_err(corrupt)?,
-    }))
-    .map_err(corrupt)?;
-    Ok(StoredEvent {
-        session_id: uuid(&text(row, 0)?)?,
-        seq: row.get(1)?,
-        task_id: uuid(&text(row, 2)?)?,
-        at: from_micros(row.get(3)?)?,
-        body,
-    })
-}
-
-/// Columns of `audit`, in the order [`audit`] reads them.
+/// Columns of `audit`.
 pub const AUDIT: &str = "SELECT event_id, event_type, timestamp, user_id, session_id, resource_type, \
      resource_id, action, status, details, seq, hash, prev_hash FROM audit";
 
-pub fn audit(row: &Row<'_>) -> Result<AuditRecord> {
-    let session: Option<String> = row.get(4)?;
-    Ok(AuditRecord {
-        event_id: uuid(&text(row, 0)?)?,
-        event_type: text(row, 1)?,
-        timestamp: time(&text(row, 2)?)?,
-        user_id: row.get(3)?,
-        session_id: session.as_deref().map(uuid).transpose()?,
-        resource_type: row.get(5)?,
-        resource_id: row.get(6)?,
-        action: text(row, 7)?,
-        status: text(row, 8)?,
-        details: from_json(&text(row, 9)?)?,
-        seq: row.get(10)?,
-        hash: text(row, 11)?,
-        prev_hash: text(row, 12)?,
-    })
-}
-
-/// Columns of `devices`, in the order [`device`] reads them.
+/// Columns of `devices`.
 pub const DEVICE: &str = "SELECT device_id, user_id, name, public_key, state, first_seen, \
      last_seen, decided_by FROM devices";
 
+impl Columns for Row<'_> {
+    fn text(&self, col: &str) -> Result<String> {
+        Ok(self.get(col)?)
+    }
+
+    fn opt_text(&self, col: &str) -> Result<Option<String>> {
+        Ok(self.get(col)?)
+    }
+
+    fn int(&self, col: &str) -> Result<i64> {
+        Ok(self.get(col)?)
+    }
+
+    fn opt_float(&self, col: &str) -> Result<Option<f64>> {
+        Ok(self.get(col)?)
+    }
+
+    fn flag(&self, col: &str) -> Result<bool> {
+        Ok(self.get(col)?)
+    }
+
+    fn uuid(&self, col: &str) -> Result<Uuid> {
+        uuid(self.get_ref(col)?.as_str().map_err(corrupt)?)
+    }
+
+    fn opt_uuid(&self, col: &str) -> Result<Option<Uuid>> {
+        let text = self.get_ref(col)?.as_str_or_null().map_err(corrupt)?;
+        text.map(uuid).transpose()
+    }
+
+    /// Times are RFC 3339 text, except event times: microseconds.
+    fn time(&self, col: &str) -> Result<DateTime<Utc>> {
+        match self.get_ref(col)? {
+            ValueRef::Integer(us) => from_micros(us),
+            ValueRef::Text(t) => time(std::str::from_utf8(t).map_err(corrupt)?),
+            other => Err(corrupt(format!("{col} is not a time: {other:?}"))),
+        }
+    }
+
+    fn json<T: DeserializeOwned>(&self, col: &str) -> Result<T> {
+        from_json(self.get_ref(col)?.as_str().map_err(corrupt)?)
+    }
+
+    fn event_type(&self) -> Result<&'static str> {
+        Ok(kind_name(self.get("kind")?))
+    }
+}
+
+// The shared mappings, for a rusqlite row of any statement's lifetime.
+
+pub fn user(row: &Row<'_>) -> Result<User> {
+    shared::user(row)
+}
+
+pub fn session(row: &Row<'_>) -> Result<Session> {
+    shared::session(row)
+}
+
+pub fn task(row: &Row<'_>) -> Result<Task> {
+    shared::task(row)
+}
+
+pub fn event(row: &Row<'_>) -> Result<StoredEvent> {
+    shared::event(row)
+}
+
+pub fn audit(row: &Row<'_>) -> Result<AuditRecord> {
+    shared::audit(row)
+}
+
 pub fn device(row: &Row<'_>) -> Result<Device> {
-    let state: String = row.get(4)?;
-    Ok(Device {
-        device_id: text(row, 0)?,
-        user_id: text(row, 1)?,
-        name: text(row, 2)?,
-        public_key: row.get(3)?,
-        state: state.parse().map_err(corrupt)?,
-        first_seen: time(&text(row, 5)?)?,
-        last_seen: time(&text(row, 6)?)?,
-        decided_by: row.get(7)?,
-    })
+    shared::device(row)
+}
+
+/// The values of a shared query as this store holds them.
+pub fn values(args: Vec<Arg>) -> Vec<rusqlite::types::Value> {
+    use rusqlite::types::Value;
+    args.into_iter()
+        .map(|a| match a {
+            Arg::Text(s) => Value::Text(s),
+            Arg::Int(n) => Value::Integer(n),
+            Arg::Uuid(id) => Value::Text(id.to_string()),
+            Arg::Time(t) => Value::Text(crate::event::rfc3339(&t)),
+        })
+        .collect()
 }
 
 /// Run `sql` with `params` and map every row.
