@@ -17,8 +17,9 @@
 # between them), all on this machine; events/s is every client's deliveries over the longest wall.
 #
 # Environment: PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres) for createdb/dropdb and the
-# nodes; NO_BUILD=1 to use the release binary as it is; BUN=path to a bun binary (else fetched once
-# into target/bench-bin with `npm pack`, as compare.sh does); BENCH=path to ../shared/bench.
+# nodes; CONFIG=file.toml given to every node, the same for both backends; SWITCHBOARD_LOG (warn);
+# NO_BUILD=1 to use the release binary as it is; BUN=path to a bun binary (else fetched once into
+# target/bench-bin with `npm pack`, as compare.sh does); BENCH=path to ../shared/bench.
 set -u
 project=$(pwd)
 bench=${BENCH:-$project/../shared/bench}
@@ -53,8 +54,8 @@ start() {
   local port url log
   port=$(free_port); log=$work/$1-$2.log
   if [ "$1" = sqlite ]; then url="sqlite://$work/db/sb.db"; else url="postgres://$PGUSER@$PGHOST:$PGPORT/$db"; fi
-  SWITCHBOARD_ADMIN_TOKEN=$admin RUST_LOG=error "$sb" serve --listen 127.0.0.1:"$port" \
-    --database "$url" --node-id "bench-$2" >"$log" 2>&1 &
+  SWITCHBOARD_ADMIN_TOKEN=$admin SWITCHBOARD_LOG=${SWITCHBOARD_LOG:-warn} "$sb" serve --listen 127.0.0.1:"$port" \
+    --database "$url" --node-id "bench-$2" ${CONFIG:+--config "$CONFIG"} >"$log" 2>&1 &
   srvs="$srvs $!"; nodes="$nodes $port:$!"
   wait_up "$port" || { echo "$1 node $2 did not start: $(tail -3 "$log")"; return 1; }
 }
