@@ -56,6 +56,8 @@ both!(
     a_follower_meets_the_cut_as_a_pruned_event,
     tasks_and_sessions_go_only_when_nothing_refers_to_them,
     a_prune_racing_appends_loses_nothing_inside_the_window,
+    thousands_of_small_streams_go_in_a_few_batches,
+    the_last_prune_survives_a_restart,
 );
 
 /// A database URL to open (and reopen).
@@ -184,19 +186,28 @@ async fn finish(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> i64 {
     .await
 }
 
-/// Cut every prunable stream for `horizon`, all the way; rows removed.
+/// Cut every prunable stream for `horizon`, all the way, in batches of 3
+/// rows (so that cuts stop part of the way and go on); rows removed.
 async fn prune_events(store: &Arc<dyn Store>, horizon: DateTime<Utc>) -> u64 {
     let mut total = 0;
-    for cut in store.prunable_streams(horizon, 1000).await.unwrap() {
-        loop {
-            let n = store.cut_stream(cut, 3).await.unwrap();
-            total += n;
-            if n == 0 {
-                break;
-            }
-        }
+    let mut rest = store.prunable_streams(horizon, 1000).await.unwrap();
+    while !rest.is_empty() {
+        let batch = store.cut_streams(rest.clone(), 3).await.unwrap();
+        assert!(batch.removed <= 3, "{batch:?}");
+        assert!(batch.removed > 0 || batch.done == rest.len(), "{batch:?}");
+        total += batch.removed;
+        rest.drain(..batch.done);
     }
     total
+}
+
+/// Append `make(task)` for every task at once (one call, so that the
+/// appends share commits).
+async fn all(store: &Arc<dyn Store>, tasks: &[Task], make: impl Fn(&Task) -> Append) {
+    let batch = tasks.iter().map(make).collect();
+    for r in store.append(batch).await.unwrap() {
+        r.unwrap();
+    }
 }
 
 async fn stored(store: &Arc<dyn Store>, s: &Session) -> Vec<i64> {
@@ -416,4 +427,121 @@ mod suite {
             assert_eq!(kept, (floor + 1..=floor + 125).collect::<Vec<_>>());
         }
     }
+
+    /// The last run of the pruner is kept in the database: replaced by the
+    /// next one, and read back after a restart.
+    pub async fn the_last_prune_survives_a_restart(db: Db) {
+        use switchboard::protocol::storage::PruneRun;
+        let (store, _) = db.open().await;
+        assert!(store.last_prune().await.unwrap().is_none());
+        let run = |events: i64| PruneRun {
+            at: now(),
+            seconds: 0.25,
+            removed: [("events".to_owned(), events)].into(),
+            reclaimed_bytes: 4096,
+        };
+        store.record_prune(&run(7)).await.unwrap();
+        let second = run(9);
+        store.record_prune(&second).await.unwrap();
+        store.close().await;
+        drop(store);
+        let (store, _) = db.open().await;
+        let kept = store.last_prune().await.unwrap().unwrap();
+        assert_eq!(kept.removed["events"], 9);
+        assert_eq!(kept.at, second.at);
+        assert_eq!((kept.seconds, kept.reclaimed_bytes), (0.25, 4096));
+    }
+
+    /// Thousands of small finished streams are pruned by the pruner's own
+    /// loop in a few transactions of at most a thousand rows, each spanning
+    /// many streams (not one transaction per stream), with every floor
+    /// exact: small streams, a long one cut across batches, one held by a
+    /// running task, and a fresh one left whole.
+    pub async fn thousands_of_small_streams_go_in_a_few_batches(db: Db) {
+        use switchboard::runtime::retention::{BATCH, prune_events};
+        let (store, _) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let horizon = now() - Duration::hours(1);
+        let first = session(&store, "dev", old).await;
+        let made = futures_util::future::join_all((1..N).map(|_| {
+            let store = store.clone();
+            async move {
+                let s = Session::new("dev", None, BTreeSet::new(), false, old);
+                store.create_session(&s, vec![]).await.unwrap();
+                s
+            }
+        }));
+        let mut small = vec![first];
+        small.extend(made.await);
+        let tasks: Vec<Task> = small.iter().map(task).collect();
+        all(&store, &tasks, |t| state(t, None, TaskState::Pending, old)).await;
+        let (p, r, c) = (TaskState::Pending, TaskState::Running, TaskState::Completed);
+        all(&store, &tasks, |t| state(t, Some(p), r, old)).await;
+        all(&store, &tasks, |t| state(t, Some(r), c, old)).await;
+        // A long stream: one task of LONG events.
+        let long = session(&store, "dev", old).await;
+        let lt = task(&long);
+        start(&store, &lt, old).await;
+        let body = || EventBody::Output(OutputChunk { chunk: "x".into() });
+        let chunks = (0..LONG - 3)
+            .map(|_| append(&lt, old, body(), TaskChange::Require(r)))
+            .collect();
+        for r in store.append(chunks).await.unwrap() {
+            r.unwrap();
+        }
+        finish(&store, &lt, old).await;
+        // A stream held by a running task; a fresh one.
+        let held = session(&store, "dev", old).await;
+        let (a, b) = (task(&held), task(&held));
+        start(&store, &a, old).await;
+        finish(&store, &a, old).await; // 1..=3
+        start(&store, &b, old).await; // 4, 5: still running
+        let fresh = session(&store, "dev", now()).await;
+        let f = task(&fresh);
+        start(&store, &f, now()).await;
+        finish(&store, &f, now()).await;
+
+        let stop = tokio_util::sync::CancellationToken::new();
+        let started = std::time::Instant::now();
+        let run = prune_events(store.as_ref(), horizon, &stop).await.unwrap();
+        // Printed, never asserted (timing is for benchmarks).
+        eprintln!("pruned {run:?} in {:?}", started.elapsed());
+        let rows = N as i64 * 3 + LONG + 3;
+        assert_eq!(run.rows, rows);
+        // Full batches, plus at most one part-full batch per plan of
+        // streams (three plans here): nothing like one per stream.
+        let plans = 3;
+        assert!(
+            run.batches <= (rows + BATCH - 1) / BATCH + plans,
+            "{} batches for {rows} rows",
+            run.batches
+        );
+        for s in small.iter().step_by(97) {
+            assert_eq!(store.stream_floor(s.session_id).await.unwrap(), 3);
+            assert!(stored(&store, s).await.is_empty());
+        }
+        let leftover: usize =
+            futures_util::future::join_all(small.iter().map(|s| stored(&store, s)))
+                .await
+                .iter()
+                .map(Vec::len)
+                .sum();
+        assert_eq!(leftover, 0, "events of small streams left");
+        assert_eq!(store.stream_floor(long.session_id).await.unwrap(), LONG);
+        assert!(stored(&store, &long).await.is_empty());
+        assert_eq!(store.stream_floor(held.session_id).await.unwrap(), 3);
+        assert_eq!(stored(&store, &held).await, vec![4, 5]);
+        assert_eq!(store.stream_floor(fresh.session_id).await.unwrap(), 0);
+        assert_eq!(stored(&store, &fresh).await, vec![1, 2, 3]);
+        // The tasks keep their state, and a second run finds nothing.
+        let kept = store.get_task(tasks[N / 2].task_id).await.unwrap().unwrap();
+        assert_eq!(kept.state, TaskState::Completed);
+        let again = prune_events(store.as_ref(), horizon, &stop).await.unwrap();
+        assert_eq!((again.rows, again.batches), (0, 0));
+    }
 }
+
+/// Small streams in the batch test.
+const N: usize = 2000;
+/// Events of the long stream in the batch test.
+const LONG: i64 = 2500;
