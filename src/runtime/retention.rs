@@ -79,6 +79,10 @@ pub async fn run(runtime: std::sync::Arc<Runtime>, stop: CancellationToken) {
     if !cfg.enabled() {
         return;
     }
+    // The last run before a restart, until this node's first run.
+    if let Ok(Some(last)) = runtime.store().last_prune().await {
+        export_last(&last);
+    }
     let mut tick = tokio::time::interval(cfg.every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -309,6 +313,11 @@ fn export(run: &PruneRun) {
     }
     metrics::counter!("switchboard_pruned_bytes_reclaimed_total")
         .increment(run.reclaimed_bytes as u64);
+    export_last(run);
+}
+
+/// The gauges of the last run.
+fn export_last(run: &PruneRun) {
     metrics::gauge!("switchboard_prune_seconds").set(run.seconds);
     metrics::gauge!("switchboard_prune_last_timestamp_seconds")
         .set(run.at.timestamp_micros() as f64 / 1e6);
