@@ -3,8 +3,10 @@
 //! from the front only, up to the first event of a task still needed; the
 //! floor survives a restart (seqs go on, never reused); a follower meets
 //! the cut as a `stream.pruned` event; tasks and idle sessions go only
-//! when nothing refers to them; and a prune racing appends loses nothing
-//! that is not older than the horizon.
+//! when nothing refers to them; a prune racing appends loses nothing
+//! that is not older than the horizon; thousands of small streams go in a
+//! few batches that span streams, with exact floors; and the last prune
+//! run survives a restart.
 //!
 //! Events are written with `at` in the past, so nothing here waits for a
 //! window to pass.
