@@ -189,6 +189,49 @@ async fn backup_refuses_an_existing_file_and_postgres() {
     server.stop().await;
 }
 
+/// A file made before `auto_vacuum = INCREMENTAL` was the default (NONE)
+/// is backed up as an INCREMENTAL copy that holds the same tasks, and the
+/// live file is left as it was: backing up is how such a file is
+/// converted (README, Retention: Space).
+#[tokio::test]
+async fn a_backup_of_an_old_file_is_an_incremental_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    let auto_vacuum = |file: &Path| -> i64 {
+        let c = rusqlite::Connection::open(file).unwrap();
+        c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap()
+    };
+    {
+        // A table before the node's own: the file keeps auto_vacuum NONE,
+        // as every file made before it was switched on.
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA auto_vacuum = NONE; CREATE TABLE old_times (a);")
+            .unwrap();
+    }
+    let node = BinaryServer::start(&db, &[]).await;
+    let (status, t) = node
+        .post(
+            "/api/runtime/tasks/submit",
+            ADMIN_TOKEN,
+            json!({"agent_type": "echo", "prompt": "kept in the copy"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{t}");
+    let id = t["task_id"].as_str().unwrap().to_owned();
+    let file = dir.path().join("copy.db");
+    let (code, out, err) = backup(&db, &file, &[]).await;
+    assert_eq!(code, 0, "{out} {err}");
+    node.kill9().await;
+    assert_eq!(auto_vacuum(&db), 0, "the live file is not rewritten");
+    assert_eq!(auto_vacuum(&file), 2, "the copy is INCREMENTAL");
+    let restored = BinaryServer::start(&file, &[]).await;
+    let (status, task) = restored
+        .get(&format!("/api/runtime/tasks/{id}"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(status, 200, "{task}");
+    restored.kill9().await;
+}
+
 /// Poll until `done` (the writers are on other threads).
 async fn wait_for(mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;

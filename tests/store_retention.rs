@@ -3,26 +3,29 @@
 //! from the front only, up to the first event of a task still needed; the
 //! floor survives a restart (seqs go on, never reused); a follower meets
 //! the cut as a `stream.pruned` event; tasks and idle sessions go only
-//! when nothing refers to them; and a prune racing appends loses nothing
-//! that is not older than the horizon.
+//! when nothing refers to them; a prune racing appends loses nothing
+//! that is not older than the horizon; thousands of small streams go in a
+//! few batches that span streams, with exact floors; and the last prune
+//! run survives a restart.
 //!
 //! Events are written with `at` in the past, so nothing here waits for a
 //! window to pass.
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+#[path = "store_retention/fixtures.rs"]
+mod fixtures;
 
-use chrono::{DateTime, Duration, Utc};
-use serde_json::json;
-use switchboard::bus::{Bus, Cursor};
-use switchboard::event::{EventBody, OutputChunk, StateChange, StreamKey, now};
+use std::collections::BTreeSet;
+
+use chrono::Duration;
+use fixtures::*;
+use switchboard::bus::Cursor;
+use switchboard::event::{EventBody, OutputChunk, StreamKey, now};
 use switchboard::session::Session;
+use switchboard::store::TaskChange;
 use switchboard::store::retention::StreamCut;
-use switchboard::store::{Append, Store, TaskChange, Transition};
 use switchboard::task::{Task, TaskState};
-use uuid::Uuid;
 
 /// One test per backend for each suite function. Each gets the store, its
 /// bus and a way to open the same database again (a restart).
@@ -56,158 +59,9 @@ both!(
     a_follower_meets_the_cut_as_a_pruned_event,
     tasks_and_sessions_go_only_when_nothing_refers_to_them,
     a_prune_racing_appends_loses_nothing_inside_the_window,
+    thousands_of_small_streams_go_in_a_few_batches,
+    the_last_prune_survives_a_restart,
 );
-
-/// A database URL to open (and reopen).
-pub struct Db {
-    url: String,
-}
-
-impl Db {
-    fn new(url: String) -> Self {
-        Db { url }
-    }
-
-    async fn open(&self) -> (Arc<dyn Store>, Arc<Bus>) {
-        let bus = Arc::new(Bus::new());
-        let store = switchboard::store::open(&self.url, bus.clone())
-            .await
-            .unwrap();
-        (store, bus)
-    }
-}
-
-async fn session(store: &Arc<dyn Store>, user: &str, at: DateTime<Utc>) -> Session {
-    if store.get_user(user).await.unwrap().is_none() {
-        let u =
-            switchboard::auth::User::new(user, [switchboard::rbac::Role::Developer].into(), now());
-        store
-            .create_user(&u, &format!("hash-{user}"), vec![])
-            .await
-            .unwrap();
-    }
-    let s = Session::new(user, None, BTreeSet::new(), false, at);
-    store.create_session(&s, vec![]).await.unwrap();
-    s
-}
-
-fn task(s: &Session) -> Task {
-    let at = now();
-    Task {
-        task_id: Uuid::new_v4(),
-        execution_uuid: Uuid::new_v4(),
-        session_id: s.session_id,
-        user_id: s.user_id.clone(),
-        agent_type: "echo".into(),
-        prompt: "p".into(),
-        context: json!({}),
-        params: json!({}),
-        state: TaskState::Pending,
-        result: None,
-        error: None,
-        metadata: json!({}),
-        idempotency_key: None,
-        created_at: at,
-        updated_at: at,
-        execution_time: None,
-    }
-}
-
-fn append(t: &Task, at: DateTime<Utc>, body: EventBody, change: TaskChange) -> Append {
-    Append {
-        session_id: t.session_id,
-        task_id: t.task_id,
-        at,
-        body,
-        change,
-        audit: vec![],
-    }
-}
-
-fn state(t: &Task, from: Option<TaskState>, to: TaskState, at: DateTime<Utc>) -> Append {
-    let body = EventBody::State(StateChange {
-        state: to,
-        prev_state: from,
-        message: to.to_string(),
-        agent_type: None,
-    });
-    let change = match from {
-        None => TaskChange::Insert(Box::new(t.clone())),
-        Some(from) => TaskChange::Transition(Transition {
-            from,
-            to,
-            result: (to == TaskState::Completed).then(|| "done".into()),
-            error: None,
-            execution_time: to.is_terminal().then_some(1.0),
-        }),
-    };
-    append(t, at, body, change)
-}
-
-async fn one(store: &Arc<dyn Store>, a: Append) -> i64 {
-    store
-        .append(vec![a])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .unwrap()
-        .seq
-}
-
-/// Start a task (pending, running) at `at`: its seqs.
-async fn start(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> Vec<i64> {
-    vec![
-        one(store, state(t, None, TaskState::Pending, at)).await,
-        one(
-            store,
-            state(t, Some(TaskState::Pending), TaskState::Running, at),
-        )
-        .await,
-    ]
-}
-
-async fn chunk(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> i64 {
-    let body = EventBody::Output(OutputChunk { chunk: "x".into() });
-    one(
-        store,
-        append(t, at, body, TaskChange::Require(TaskState::Running)),
-    )
-    .await
-}
-
-async fn finish(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> i64 {
-    one(
-        store,
-        state(t, Some(TaskState::Running), TaskState::Completed, at),
-    )
-    .await
-}
-
-/// Cut every prunable stream for `horizon`, all the way; rows removed.
-async fn prune_events(store: &Arc<dyn Store>, horizon: DateTime<Utc>) -> u64 {
-    let mut total = 0;
-    for cut in store.prunable_streams(horizon, 1000).await.unwrap() {
-        loop {
-            let n = store.cut_stream(cut, 3).await.unwrap();
-            total += n;
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    total
-}
-
-async fn stored(store: &Arc<dyn Store>, s: &Session) -> Vec<i64> {
-    store
-        .events_after(s.session_id, 0, 10_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.seq)
-        .collect()
-}
 
 mod suite {
     use super::*;
@@ -416,4 +270,121 @@ mod suite {
             assert_eq!(kept, (floor + 1..=floor + 125).collect::<Vec<_>>());
         }
     }
+
+    /// The last run of the pruner is kept in the database: replaced by the
+    /// next one, and read back after a restart.
+    pub async fn the_last_prune_survives_a_restart(db: Db) {
+        use switchboard::protocol::storage::PruneRun;
+        let (store, _) = db.open().await;
+        assert!(store.last_prune().await.unwrap().is_none());
+        let run = |events: i64| PruneRun {
+            at: now(),
+            seconds: 0.25,
+            removed: [("events".to_owned(), events)].into(),
+            reclaimed_bytes: 4096,
+        };
+        store.record_prune(&run(7)).await.unwrap();
+        let second = run(9);
+        store.record_prune(&second).await.unwrap();
+        store.close().await;
+        drop(store);
+        let (store, _) = db.open().await;
+        let kept = store.last_prune().await.unwrap().unwrap();
+        assert_eq!(kept.removed["events"], 9);
+        assert_eq!(kept.at, second.at);
+        assert_eq!((kept.seconds, kept.reclaimed_bytes), (0.25, 4096));
+    }
+
+    /// Thousands of small finished streams are pruned by the pruner's own
+    /// loop in a few transactions of at most a thousand rows, each spanning
+    /// many streams (not one transaction per stream), with every floor
+    /// exact: small streams, a long one cut across batches, one held by a
+    /// running task, and a fresh one left whole.
+    pub async fn thousands_of_small_streams_go_in_a_few_batches(db: Db) {
+        use switchboard::runtime::retention::{BATCH, prune_events};
+        let (store, _) = db.open().await;
+        let old = now() - Duration::hours(2);
+        let horizon = now() - Duration::hours(1);
+        let first = session(&store, "dev", old).await;
+        let made = futures_util::future::join_all((1..N).map(|_| {
+            let store = store.clone();
+            async move {
+                let s = Session::new("dev", None, BTreeSet::new(), false, old);
+                store.create_session(&s, vec![]).await.unwrap();
+                s
+            }
+        }));
+        let mut small = vec![first];
+        small.extend(made.await);
+        let tasks: Vec<Task> = small.iter().map(task).collect();
+        all(&store, &tasks, |t| state(t, None, TaskState::Pending, old)).await;
+        let (p, r, c) = (TaskState::Pending, TaskState::Running, TaskState::Completed);
+        all(&store, &tasks, |t| state(t, Some(p), r, old)).await;
+        all(&store, &tasks, |t| state(t, Some(r), c, old)).await;
+        // A long stream: one task of LONG events.
+        let long = session(&store, "dev", old).await;
+        let lt = task(&long);
+        start(&store, &lt, old).await;
+        let body = || EventBody::Output(OutputChunk { chunk: "x".into() });
+        let chunks = (0..LONG - 3)
+            .map(|_| append(&lt, old, body(), TaskChange::Require(r)))
+            .collect();
+        for r in store.append(chunks).await.unwrap() {
+            r.unwrap();
+        }
+        finish(&store, &lt, old).await;
+        // A stream held by a running task; a fresh one.
+        let held = session(&store, "dev", old).await;
+        let (a, b) = (task(&held), task(&held));
+        start(&store, &a, old).await;
+        finish(&store, &a, old).await; // 1..=3
+        start(&store, &b, old).await; // 4, 5: still running
+        let fresh = session(&store, "dev", now()).await;
+        let f = task(&fresh);
+        start(&store, &f, now()).await;
+        finish(&store, &f, now()).await;
+
+        let stop = tokio_util::sync::CancellationToken::new();
+        let started = std::time::Instant::now();
+        let run = prune_events(store.as_ref(), horizon, &stop).await.unwrap();
+        // Printed, never asserted (timing is for benchmarks).
+        eprintln!("pruned {run:?} in {:?}", started.elapsed());
+        let rows = N as i64 * 3 + LONG + 3;
+        assert_eq!(run.rows, rows);
+        // Full batches, plus at most one part-full batch per plan of
+        // streams (three plans here): nothing like one per stream.
+        let plans = 3;
+        assert!(
+            run.batches <= (rows + BATCH - 1) / BATCH + plans,
+            "{} batches for {rows} rows",
+            run.batches
+        );
+        for s in small.iter().step_by(97) {
+            assert_eq!(store.stream_floor(s.session_id).await.unwrap(), 3);
+            assert!(stored(&store, s).await.is_empty());
+        }
+        let leftover: usize =
+            futures_util::future::join_all(small.iter().map(|s| stored(&store, s)))
+                .await
+                .iter()
+                .map(Vec::len)
+                .sum();
+        assert_eq!(leftover, 0, "events of small streams left");
+        assert_eq!(store.stream_floor(long.session_id).await.unwrap(), LONG);
+        assert!(stored(&store, &long).await.is_empty());
+        assert_eq!(store.stream_floor(held.session_id).await.unwrap(), 3);
+        assert_eq!(stored(&store, &held).await, vec![4, 5]);
+        assert_eq!(store.stream_floor(fresh.session_id).await.unwrap(), 0);
+        assert_eq!(stored(&store, &fresh).await, vec![1, 2, 3]);
+        // The tasks keep their state, and a second run finds nothing.
+        let kept = store.get_task(tasks[N / 2].task_id).await.unwrap().unwrap();
+        assert_eq!(kept.state, TaskState::Completed);
+        let again = prune_events(store.as_ref(), horizon, &stop).await.unwrap();
+        assert_eq!((again.rows, again.batches), (0, 0));
+    }
 }
+
+/// Small streams in the batch test.
+const N: usize = 2000;
+/// Events of the long stream in the batch test.
+const LONG: i64 = 2500;

@@ -17,6 +17,12 @@
 //! (`DB.checkpoints.jsonl`) is not copied: it may name records written after
 //! the snapshot, and the copy holds its checkpoints in its own table.
 //!
+//! A copy is always `auto_vacuum = INCREMENTAL`, even of a file made before
+//! that was the default (converted on the copy, never on the live file): a
+//! node restored from it gives pruned space back, and backing up a stopped
+//! node and putting the copy in place converts such a file with the tools
+//! we ship (the README's Retention section says so).
+//!
 //! PostgreSQL is refused with a pointer to its own tools (`pg_dump`,
 //! `pg_basebackup`), which do this job better than anything we could.
 
@@ -202,12 +208,28 @@ fn snapshot(source: &Path, tmp: &Path) -> anyhow::Result<()> {
     conn.execute("VACUUM INTO ?1", [target])
         .with_context(|| format!("cannot copy {} to {}", source.display(), tmp.display()))?;
     drop(conn);
+    incremental(tmp)?;
     // SQLite does not sync what VACUUM INTO wrote.
     std::fs::File::open(tmp)?.sync_all()?;
     let copy = Connection::open_with_flags(tmp, flags)?;
     let check: String = copy.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
         bail!("the copy failed its integrity check: {check}");
+    }
+    Ok(())
+}
+
+/// Make the copy `auto_vacuum = INCREMENTAL` when its source was made
+/// before that was the default (`NONE`), so that a node restored from it
+/// gives pruned space back. SQLite changes that only with a full `VACUUM`,
+/// which is done here on the copy (no one else has it open), never on the
+/// live database.
+fn incremental(copy: &Path) -> anyhow::Result<()> {
+    let conn = Connection::open(copy)?;
+    let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    if mode != 2 {
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;")
+            .context("cannot make the copy auto_vacuum = INCREMENTAL")?;
     }
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! batches of [`BATCH`] rows each committed on its own:
 //! 1. stream events of tasks that ended before the events window, from the
 //!    front of each stream only (a stream's first event still needed holds
-//!    the rest, so what is kept is always one unbroken run of seqs);
+//!    the rest, so what is kept is always one unbroken run of seqs); one
+//!    batch cuts as many streams as its rows allow;
 //! 2. finished tasks older than the tasks window that have no event left;
 //! 3. sessions idle for `sessions_idle` with no task left (not while a
 //!    socket of this node is attached to one);
@@ -35,7 +36,7 @@ use crate::store::Store;
 /// Rows removed per transaction at most.
 pub const BATCH: i64 = 1000;
 /// Streams planned per read.
-const STREAMS_PER_PLAN: i64 = 256;
+pub const STREAMS_PER_PLAN: i64 = 1000;
 
 /// The pruner's configuration and what its last run did.
 #[derive(Debug, Default)]
@@ -77,6 +78,10 @@ pub async fn run(runtime: std::sync::Arc<Runtime>, stop: CancellationToken) {
     let cfg = runtime.pruner().config().clone();
     if !cfg.enabled() {
         return;
+    }
+    // The last run before a restart, until this node's first run.
+    if let Ok(Some(last)) = runtime.store().last_prune().await {
+        export_last(&last);
     }
     let mut tick = tokio::time::interval(cfg.every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,7 +134,10 @@ impl Runtime {
         let h = Horizons::of(self.pruner.config(), now());
         let mut removed = BTreeMap::new();
         if let Some(at) = h.events {
-            removed.insert("events".to_owned(), prune_events(store, at, stop).await?);
+            removed.insert(
+                "events".to_owned(),
+                prune_events(store, at, stop).await?.rows,
+            );
         }
         if let Some(at) = h.tasks {
             let n = batches(stop, || store.prune_tasks(at, BATCH)).await?;
@@ -154,6 +162,9 @@ impl Runtime {
         };
         export(&run);
         tracing::info!(removed = ?run.removed, reclaimed, seconds = run.seconds, "pruned");
+        if let Err(e) = store.record_prune(&run).await {
+            tracing::warn!(error = %e, "could not store the prune run; it is reported until a restart");
+        }
         self.pruner.record(run.clone());
         Ok(Some(run))
     }
@@ -231,25 +242,43 @@ where
     Ok(total)
 }
 
-/// Cut every stream whose front belongs to tasks that ended before `at`.
-async fn prune_events(
+/// What [`prune_events`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventsPruned {
+    /// Events removed.
+    pub rows: i64,
+    /// Transactions that removed them (batches of [`BATCH`] rows at most,
+    /// each spanning as many streams as fit).
+    pub batches: i64,
+}
+
+/// Cut every stream whose front belongs to tasks that ended before `at`:
+/// plan up to [`STREAMS_PER_PLAN`] streams at a time, and cut them in
+/// batches of at most [`BATCH`] rows that span streams, so that a store of
+/// thousands of small finished streams is pruned in a few transactions.
+pub async fn prune_events(
     store: &dyn Store,
     at: DateTime<Utc>,
     stop: &CancellationToken,
-) -> Result<i64> {
-    let mut total = 0;
+) -> Result<EventsPruned> {
+    let mut total = EventsPruned::default();
     loop {
         let cuts = store.prunable_streams(at, STREAMS_PER_PLAN).await?;
+        let planned = cuts.len() as i64;
+        let mut rest = cuts;
         let mut moved = 0;
-        for cut in &cuts {
-            let n = batches(stop, || store.cut_stream(*cut, BATCH)).await?;
-            moved += n;
+        while !rest.is_empty() && !stop.is_cancelled() {
+            let batch = store.cut_streams(rest.clone(), BATCH).await?;
+            moved += batch.removed as i64;
+            total.batches += 1;
+            if batch.removed == 0 && batch.done == 0 {
+                break; // cannot happen (a batch with room reaches every cut); never spin
+            }
+            rest.drain(..batch.done.min(rest.len()));
         }
-        total += moved;
-        // Streams whose front cannot move (held by a task still running
-        // right behind a finished one) are planned again: stop when a
-        // round moved nothing, or when the plan was not full.
-        if moved == 0 || (cuts.len() as i64) < STREAMS_PER_PLAN || stop.is_cancelled() {
+        total.rows += moved;
+        // Stop when a round moved nothing, or when the plan was not full.
+        if moved == 0 || planned < STREAMS_PER_PLAN || stop.is_cancelled() {
             return Ok(total);
         }
     }
@@ -284,6 +313,11 @@ fn export(run: &PruneRun) {
     }
     metrics::counter!("switchboard_pruned_bytes_reclaimed_total")
         .increment(run.reclaimed_bytes as u64);
+    export_last(run);
+}
+
+/// The gauges of the last run.
+fn export_last(run: &PruneRun) {
     metrics::gauge!("switchboard_prune_seconds").set(run.seconds);
     metrics::gauge!("switchboard_prune_last_timestamp_seconds")
         .set(run.at.timestamp_micros() as f64 / 1e6);

@@ -12,8 +12,13 @@ impl Runtime {
     pub async fn storage(&self, p: &Principal) -> Result<StorageReport> {
         self.authorize(p, Action::StorageRead).await?;
         let mut report = self.store.storage().await?;
-        // The pruner, not the store, knows when it ran (on this node).
-        report.last_prune = self.pruner().last_run();
+        // The store keeps the last run (of any node of a shared store), so
+        // that it survives a restart; this node's memory stands in should
+        // storing it have failed.
+        report.last_prune = match self.store.last_prune().await? {
+            Some(run) => Some(run),
+            None => self.pruner().last_run(),
+        };
         Ok(report)
     }
 }

@@ -1,8 +1,12 @@
 //! Retention on PostgreSQL: plain `DELETE`s in small batches, each its own
-//! short transaction; autovacuum makes the space reusable. One node of a
+//! short transaction of a few round trips (a batch of stream cuts spans
+//! many streams through `UNNEST` arrays); autovacuum makes the space
+//! reusable. One node of a
 //! cluster prunes at a time (a session advisory lock held for the run);
 //! were two to run anyway, each removal is keyed and re-checked, and the
 //! stream floor only moves forward, so they would only repeat each other.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,7 +15,10 @@ use uuid::Uuid;
 
 use super::PostgresStore;
 use crate::error::Result;
-use crate::store::retention::{PruneLock, Retention, StreamCut, TERMINAL};
+use crate::protocol::storage::PruneRun;
+use crate::store::retention::{
+    CutBatch, PruneLock, Retention, StreamCut, TERMINAL, plan_batch, run_from_json, run_json,
+};
 
 /// The advisory lock key of the pruner (`switchboard.prune` in ASCII).
 const PRUNE_LOCK: i64 = 0x7377_6272_7072_6e65;
@@ -40,8 +47,19 @@ impl Retention for PostgresStore {
     }
 
     async fn prunable_streams(&self, horizon: DateTime<Utc>, limit: i64) -> Result<Vec<StreamCut>> {
-        let heads: Vec<Uuid> = sqlx::query_scalar(&format!(
-            "SELECT s.session_id FROM sessions s \
+        // One statement, one snapshot, one round trip: the streams whose
+        // first event belongs to a task that ended before the horizon, and
+        // for each the first event of its tasks that have not, else past
+        // its last seq.
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "SELECT s.session_id, COALESCE( \
+               (SELECT MIN(fe.seq) FROM tasks n \
+                CROSS JOIN LATERAL (SELECT e.seq FROM events e \
+                    WHERE e.task_id = n.task_id ORDER BY e.seq LIMIT 1) fe \
+                WHERE n.session_id = s.session_id \
+                AND NOT (n.state IN {TERMINAL} AND n.updated_at < $1)), \
+               s.last_seq + 1) \
+             FROM sessions s \
              CROSS JOIN LATERAL (SELECT e.task_id FROM events e \
                  WHERE e.session_id = s.session_id ORDER BY e.seq LIMIT 1) f \
              JOIN tasks t ON t.task_id = f.task_id \
@@ -51,61 +69,63 @@ impl Retention for PostgresStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(heads.len());
-        for session_id in heads {
-            // One statement, one snapshot: the first event of each task of
-            // the stream that has not ended before the horizon, else past
-            // the stream's last seq.
-            let cut: i64 = sqlx::query_scalar(&format!(
-                "SELECT COALESCE( \
-                   (SELECT MIN(fe.seq) FROM tasks t \
-                    CROSS JOIN LATERAL (SELECT e.seq FROM events e \
-                        WHERE e.task_id = t.task_id ORDER BY e.seq LIMIT 1) fe \
-                    WHERE t.session_id = $1 \
-                    AND NOT (t.state IN {TERMINAL} AND t.updated_at < $2)), \
-                   (SELECT last_seq + 1 FROM sessions WHERE session_id = $1), 0)"
-            ))
-            .bind(session_id)
-            .bind(horizon)
-            .fetch_one(&self.pool)
-            .await?;
-            out.push(StreamCut { session_id, cut });
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|(session_id, cut)| StreamCut { session_id, cut })
+            .collect())
     }
 
-    async fn cut_stream(&self, cut: StreamCut, max: i64) -> Result<u64> {
+    async fn cut_streams(&self, cuts: Vec<StreamCut>, max: i64) -> Result<CutBatch> {
+        let ids: Vec<Uuid> = cuts.iter().map(|c| c.session_id).collect();
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        let floor: Option<i64> = sqlx::query_scalar(
-            "SELECT pruned_through FROM stream_floor WHERE session_id = $1 FOR UPDATE",
+        // Floors locked in key order, read in one round trip.
+        let floors: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+            "SELECT session_id, pruned_through FROM stream_floor \
+             WHERE session_id = ANY($1) ORDER BY session_id FOR UPDATE",
         )
-        .bind(cut.session_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let floor = floor.unwrap_or(0);
-        let through = (cut.cut - 1).min(floor + max);
-        if through <= floor {
-            return Ok(0);
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let streams: Vec<_> = cuts
+            .iter()
+            .map(|c| {
+                let floor = floors.get(&c.session_id).copied().unwrap_or(0);
+                (c.session_id, floor, c.cut)
+            })
+            .collect();
+        let (steps, done) = plan_batch(&streams, max);
+        if steps.is_empty() {
+            return Ok(CutBatch { removed: 0, done });
         }
-        let n = sqlx::query("DELETE FROM events WHERE session_id = $1 AND seq > $2 AND seq <= $3")
-            .bind(cut.session_id)
-            .bind(floor)
-            .bind(through)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let keys: Vec<Uuid> = steps.iter().map(|s| s.key).collect();
+        let lo: Vec<i64> = steps.iter().map(|s| s.floor).collect();
+        let hi: Vec<i64> = steps.iter().map(|s| s.through).collect();
+        let removed = sqlx::query(
+            "DELETE FROM events e \
+             USING UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) AS c(session_id, lo, hi) \
+             WHERE e.session_id = c.session_id AND e.seq > c.lo AND e.seq <= c.hi",
+        )
+        .bind(&keys)
+        .bind(&lo)
+        .bind(&hi)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         sqlx::query(
-            "INSERT INTO stream_floor (session_id, pruned_through) VALUES ($1, $2) \
+            "INSERT INTO stream_floor (session_id, pruned_through) \
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[]) \
              ON CONFLICT (session_id) DO UPDATE SET \
              pruned_through = GREATEST(stream_floor.pruned_through, EXCLUDED.pruned_through)",
         )
-        .bind(cut.session_id)
-        .bind(through)
+        .bind(&keys)
+        .bind(&hi)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(n)
+        Ok(CutBatch { removed, done })
     }
 
     async fn prune_tasks(&self, horizon: DateTime<Utc>, max: i64) -> Result<u64> {
@@ -182,5 +202,22 @@ impl Retention for PostgresStore {
         .await?
         .rows_affected();
         Ok(n)
+    }
+    async fn record_prune(&self, run: &PruneRun) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO prune_runs (id, run) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET run = EXCLUDED.run",
+        )
+        .bind(run_json(run)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn last_prune(&self) -> Result<Option<PruneRun>> {
+        let text: Option<String> = sqlx::query_scalar("SELECT run FROM prune_runs WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        text.as_deref().map(run_from_json).transpose()
     }
 }

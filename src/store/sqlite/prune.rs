@@ -1,6 +1,7 @@
 //! Retention on SQLite: plans on read connections, removes in small jobs
-//! on the writer thread (each its own short transaction, between two group
-//! commits), and gives space back with `PRAGMA incremental_vacuum`.
+//! on the writer thread (each its own short transaction of at most a
+//! thousand rows or so, between two group commits, spanning as many
+//! streams as fit), and gives space back with `PRAGMA incremental_vacuum`.
 //!
 //! **Space.** A new database file is created with `auto_vacuum =
 //! INCREMENTAL` (set in `migrate` before the first table exists), so that
@@ -9,9 +10,9 @@
 //! before that keeps `auto_vacuum = NONE`: SQLite cannot switch it without
 //! a full `VACUUM`, which rewrites the whole file under an exclusive lock,
 //! so the node never does that by itself. Such a file stops growing
-//! instead (new rows reuse the freed pages); to shrink it, stop the node
-//! and run `sqlite3 FILE 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM;'` once
-//! (the README's Retention section says so).
+//! instead (new rows reuse the freed pages); to convert it, stop the node,
+//! back it up (`switchboard backup` writes INCREMENTAL copies) and put the
+//! copy in place (the README's Retention section says how).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,7 +22,10 @@ use uuid::Uuid;
 use super::SqliteStore;
 use crate::error::Result;
 use crate::event::rfc3339;
-use crate::store::retention::{PruneLock, Retention, StreamCut, TERMINAL};
+use crate::protocol::storage::PruneRun;
+use crate::store::retention::{
+    CutBatch, PruneLock, Retention, StreamCut, TERMINAL, plan_batch, run_from_json, run_json,
+};
 
 /// Pages given back per writer job (4 KiB each: 1 MiB).
 const VACUUM_STEP: i64 = 256;
@@ -67,35 +71,42 @@ impl Retention for SqliteStore {
         .await
     }
 
-    async fn cut_stream(&self, cut: StreamCut, max: i64) -> Result<u64> {
+    async fn cut_streams(&self, cuts: Vec<StreamCut>, max: i64) -> Result<CutBatch> {
+        // One writer job, so one short transaction between two group
+        // commits, however many streams the batch spans.
         self.write(move |w| {
             let c = &w.conn;
-            let Some(sid) = c
-                .prepare_cached("SELECT sid FROM sessions WHERE session_id = ?")?
-                .query_row([cut.session_id.to_string()], |r| r.get::<_, i64>(0))
-                .optional()?
-            else {
-                return Ok(0);
-            };
-            let floor: i64 = c
-                .prepare_cached("SELECT pruned_through FROM stream_floor WHERE sid = ?")?
-                .query_row([sid], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0);
-            let through = (cut.cut - 1).min(floor + max);
-            if through <= floor {
-                return Ok(0);
+            let mut streams = Vec::with_capacity(cuts.len());
+            for cut in &cuts {
+                let sid: Option<i64> = c
+                    .prepare_cached("SELECT sid FROM sessions WHERE session_id = ?")?
+                    .query_row([cut.session_id.to_string()], |r| r.get(0))
+                    .optional()?;
+                let floor = match sid {
+                    Some(sid) => c
+                        .prepare_cached("SELECT pruned_through FROM stream_floor WHERE sid = ?")?
+                        .query_row([sid], |r| r.get(0))
+                        .optional()?
+                        .unwrap_or(0),
+                    None => cut.cut - 1, // the session is gone: nothing to cut
+                };
+                streams.push((sid.unwrap_or(0), floor, cut.cut));
             }
-            let n = c
-                .prepare_cached("DELETE FROM events WHERE sid = ? AND seq > ? AND seq <= ?")?
-                .execute(params![sid, floor, through])?;
-            c.prepare_cached(
-                "INSERT INTO stream_floor (sid, pruned_through) VALUES (?, ?) \
-                 ON CONFLICT (sid) DO UPDATE SET \
-                 pruned_through = MAX(pruned_through, excluded.pruned_through)",
-            )?
-            .execute(params![sid, through])?;
-            Ok(n as u64)
+            let (steps, done) = plan_batch(&streams, max);
+            let mut removed = 0;
+            for step in steps {
+                removed += c
+                    .prepare_cached("DELETE FROM events WHERE sid = ? AND seq > ? AND seq <= ?")?
+                    .execute(params![step.key, step.floor, step.through])?
+                    as u64;
+                c.prepare_cached(
+                    "INSERT INTO stream_floor (sid, pruned_through) VALUES (?, ?) \
+                     ON CONFLICT (sid) DO UPDATE SET \
+                     pruned_through = MAX(pruned_through, excluded.pruned_through)",
+                )?
+                .execute(params![step.key, step.through])?;
+            }
+            Ok(CutBatch { removed, done })
         })
         .await
     }
@@ -213,6 +224,31 @@ impl Retention for SqliteStore {
         .await
     }
 
+    async fn record_prune(&self, run: &PruneRun) -> Result<()> {
+        let text = run_json(run)?;
+        self.write(move |w| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO prune_runs (id, run) VALUES (1, ?) \
+                     ON CONFLICT (id) DO UPDATE SET run = excluded.run",
+                )?
+                .execute([text])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn last_prune(&self) -> Result<Option<PruneRun>> {
+        let text: Option<String> = self
+            .read(|c| {
+                Ok(c.prepare_cached("SELECT run FROM prune_runs WHERE id = 1")?
+                    .query_row([], |r| r.get(0))
+                    .optional()?)
+            })
+            .await?;
+        text.as_deref().map(run_from_json).transpose()
+    }
+
     async fn reclaim(&self) -> Result<u64> {
         let (mode, page_size) = self
             .read(|c| {
@@ -250,12 +286,18 @@ impl Retention for SqliteStore {
 
 /// Streams whose oldest stored event belongs to a task that ended before
 /// `horizon`: `(session_id, sid, that task's tid)`.
+///
+/// Driven from the sessions, one index probe each for its first event
+/// (`CROSS JOIN` fixes that join order in SQLite): left to itself the
+/// planner scanned the whole events table with a subquery per row, a
+/// second per run at a million events, holding a read snapshot (and so
+/// the WAL) all along. Measured in the README's Retention section.
 fn heads(c: &rusqlite::Connection, horizon: &str, limit: i64) -> Result<Vec<(Uuid, i64, i64)>> {
     let sql = format!(
         "SELECT s.session_id, s.sid, f.tid FROM sessions s \
-         JOIN events f ON f.sid = s.sid \
-         AND f.seq = (SELECT MIN(e.seq) FROM events e WHERE e.sid = s.sid) \
-         JOIN task_state st ON st.tid = f.tid \
+         CROSS JOIN events f ON f.id = \
+             (SELECT e.id FROM events e WHERE e.sid = s.sid ORDER BY e.seq LIMIT 1) \
+         CROSS JOIN task_state st ON st.tid = f.tid \
          WHERE st.state IN {TERMINAL} AND st.updated_at < ? LIMIT ?"
     );
     let mut stmt = c.prepare_cached(&sql)?;
