@@ -48,6 +48,11 @@ struct ServeArgs {
     /// This node's id (default: host name + random suffix).
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     node_id: Option<String>,
+    /// Run the node as one event loop: sockets, ops and (on SQLite) the
+    /// group commits on a single thread, as an event-loop server does.
+    /// Less CPU per event; a commit holds up every socket while it runs.
+    #[arg(long, env = "SWITCHBOARD_EVENT_LOOP")]
+    event_loop: bool,
 }
 
 #[derive(Subcommand)]
@@ -310,11 +315,17 @@ fn main() -> ExitCode {
         tune_allocator();
     }
     switchboard::alloc::install(collect_heap);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let single = matches!(&cli.command, Command::Serve(args) if args.event_loop);
+    switchboard::store::sqlite::commit_inline(single);
+    let mut builder = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder
         .enable_all()
         .on_thread_park(switchboard::alloc::collect_when_idle);
-    if matches!(cli.command, Command::Serve(_)) {
+    if matches!(cli.command, Command::Serve(_)) && !single {
         if let Some(n) = worker_threads() {
             builder.worker_threads(n);
         }

@@ -454,8 +454,11 @@ impl BinaryServer {
             .expect("spawn switchboard");
         let stderr = child.stderr.take().unwrap();
         let mut lines = BufReader::new(stderr).lines();
+        let mut started = String::new();
         let addr = tokio::time::timeout(WAIT, async {
             while let Ok(Some(line)) = lines.next_line().await {
+                started.push_str(&line);
+                started.push('\n');
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     return rest.split_whitespace().next().unwrap().to_owned();
                 }
@@ -465,7 +468,7 @@ impl BinaryServer {
         .await
         .expect("switchboard did not start in time");
         // Keep draining stderr so the child never blocks on a full pipe.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(started));
         let sink = log.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {

@@ -23,6 +23,7 @@ mod storage;
 mod writer;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +48,23 @@ const WRITER_CACHE_KIB: i64 = 4096;
 /// Page cache of each reader, in KiB.
 const READER_CACHE_KIB: i64 = 1024;
 
+/// Whether stores opened from now on run their writer as a task of the
+/// current runtime rather than on a thread of its own (see
+/// [`Writer::run_inline`]). The binary's `serve --event-loop` sets it, with
+/// a single-threaded runtime; it takes effect only on one.
+static INLINE: AtomicBool = AtomicBool::new(false);
+
+/// Ask for (or stop asking for) writers that commit on the runtime's thread.
+pub fn commit_inline(on: bool) {
+    INLINE.store(on, Ordering::Relaxed);
+}
+
+fn inline_writer() -> bool {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    INLINE.load(Ordering::Relaxed)
+        && Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::CurrentThread)
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
     path: String,
@@ -70,9 +88,14 @@ impl SqliteStore {
         load_active(&conn, &active)?;
         let (jobs, rx) = mpsc::channel(QUEUE);
         let writer = Writer::new(conn, bus, active.clone());
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer.run(rx))?;
+        if inline_writer() {
+            tracing::info!("SQLite commits run on the event loop's thread");
+            tokio::spawn(writer.run_inline(rx));
+        } else {
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || writer.run(rx))?;
+        }
         Ok(SqliteStore {
             path: path.to_owned(),
             jobs,

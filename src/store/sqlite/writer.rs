@@ -114,8 +114,8 @@ impl Writer {
         }
     }
 
-    /// Serve jobs until every sender is gone (the store and its event
-    /// writers were dropped).
+    /// Serve jobs on a thread of its own until every sender is gone (the
+    /// store and its event writers were dropped).
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut hot = Vec::with_capacity(MAX_BATCH);
@@ -136,30 +136,70 @@ impl Writer {
                 std::thread::yield_now();
                 drain(&mut rx, &mut jobs);
             }
-            for job in jobs.drain(..) {
-                match job {
-                    Job::Write(f) => {
-                        self.hot_batch(&mut hot);
-                        self.cold(f);
-                    }
-                    Job::Flush(done) => {
-                        self.hot_batch(&mut hot);
-                        let _ = done.send(());
-                    }
-                    Job::Close(done) => {
-                        self.hot_batch(&mut hot);
-                        drop(self);
-                        let _ = done.send(());
-                        return;
-                    }
-                    Job::Appends(all) => {
-                        hot.extend(all.into_iter().map(|(a, r)| Job::Append(a, r)));
-                    }
-                    hot_job => hot.push(hot_job),
-                }
+            if let Some(closed) = self.apply_jobs(&mut jobs, &mut hot) {
+                drop(self);
+                let _ = closed.send(());
+                return;
             }
-            self.hot_batch(&mut hot);
         }
+    }
+
+    /// Serve jobs as a task of a single-threaded runtime, the way an event
+    /// loop commits: what the other tasks queued while this tick ran is
+    /// committed at its end, in one transaction, on this thread (which
+    /// waits for the `fsync`). No thread hand-over, no wake-ups across
+    /// threads; while the commit runs, sockets fill and the next tick takes
+    /// what came in all at once.
+    pub(super) async fn run_inline(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        let mut hot = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            jobs.push(first);
+            // Let every task that is ready run first: what they queue joins
+            // this commit.
+            tokio::task::yield_now().await;
+            drain(&mut rx, &mut jobs);
+            if let Some(closed) = self.apply_jobs(&mut jobs, &mut hot) {
+                drop(self);
+                let _ = closed.send(());
+                return;
+            }
+        }
+    }
+
+    /// Apply what was drained: hot jobs in one transaction, cold ones each
+    /// in their own. On [`Job::Close`], what is to be answered once the
+    /// database is closed (the caller drops the writer, then answers).
+    fn apply_jobs(
+        &mut self,
+        jobs: &mut Vec<Job>,
+        hot: &mut Vec<Job>,
+    ) -> Option<oneshot::Sender<()>> {
+        for job in jobs.drain(..) {
+            match job {
+                Job::Write(f) => {
+                    self.hot_batch(hot);
+                    self.cold(f);
+                }
+                Job::Flush(done) => {
+                    self.hot_batch(hot);
+                    let _ = done.send(());
+                }
+                Job::Close(done) => {
+                    self.hot_batch(hot);
+                    return Some(done);
+                }
+                Job::Appends(all) => {
+                    hot.extend(all.into_iter().map(|(a, r)| Job::Append(a, r)));
+                }
+                hot_job => hot.push(hot_job),
+            }
+        }
+        self.hot_batch(hot);
+        None
     }
 
     /// Run one cold write in its own transaction.
