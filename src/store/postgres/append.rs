@@ -34,8 +34,11 @@ impl PostgresStore {
             &plan::touched_tasks(&batch),
         )
         .await?;
-        let inserted = write::insert_tasks(&mut tx, &plan::inserts(&batch, &locked)).await?;
-        let mut plan: Plan = plan::plan(batch, locked, &inserted);
+        let claimant = self.claimant.get();
+        let started = claimant.map(|_| plan::started(&batch)).unwrap_or_default();
+        let new = plan::inserts(&batch, &locked);
+        let inserted = write::insert_tasks(&mut tx, &new, &started, claimant).await?;
+        let mut plan: Plan = plan::plan(batch, locked, &inserted, &started);
         let audit = write::chain_audit(&mut tx, std::mem::take(&mut plan.audit)).await?;
         write::write(&mut tx, &plan, &audit).await?;
         tx.commit().await?;

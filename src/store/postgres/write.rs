@@ -54,21 +54,38 @@ pub(super) async fn lock(tx: &mut Tx<'_>, sessions: &[Uuid], tasks: &[Uuid]) -> 
     Ok(locked)
 }
 
-/// Insert `tasks` in one statement; the ids of those inserted (the others'
-/// id or idempotency key is taken).
-pub(super) async fn insert_tasks(tx: &mut Tx<'_>, tasks: &[&Task]) -> Result<Vec<Uuid>> {
+/// Insert `tasks` in one statement, those in `started` claimed by
+/// `claimant` (a node and its lease in seconds); the ids of those inserted
+/// (the others' id or idempotency key is taken).
+pub(super) async fn insert_tasks(
+    tx: &mut Tx<'_>,
+    tasks: &[&Task],
+    started: &[Uuid],
+    claimant: Option<&(String, f64)>,
+) -> Result<Vec<Uuid>> {
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
     let text = |v: &serde_json::Value| v.to_string();
+    let claims: Vec<Option<&str>> = tasks
+        .iter()
+        .map(|t| {
+            claimant
+                .filter(|_| started.contains(&t.task_id))
+                .map(|c| c.0.as_str())
+        })
+        .collect();
     let col = |f: fn(&Task) -> Uuid| tasks.iter().map(|t| f(t)).collect::<Vec<_>>();
     Ok(sqlx::query_scalar(
         "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
-         params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \
-         SELECT t, x, s, u, a, p, c::jsonb, pa::jsonb, st, r, e, m::jsonb, k, ca, ua, et \
+         params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time, \
+         node_id, lease_until) \
+         SELECT t, x, s, u, a, p, c::jsonb, pa::jsonb, st, r, e, m::jsonb, k, ca, ua, et, \
+         n, CASE WHEN n IS NULL THEN NULL ELSE now() + make_interval(secs => $18) END \
          FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], \
          $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], \
-         $15::timestamptz[], $16::float8[]) AS n(t, x, s, u, a, p, c, pa, st, r, e, m, k, ca, ua, et) \
+         $15::timestamptz[], $16::float8[], $17::text[]) \
+         AS n(t, x, s, u, a, p, c, pa, st, r, e, m, k, ca, ua, et, n) \
          ON CONFLICT DO NOTHING RETURNING task_id",
     )
     .bind(col(|t| t.task_id))
@@ -87,6 +104,8 @@ pub(super) async fn insert_tasks(tx: &mut Tx<'_>, tasks: &[&Task]) -> Result<Vec
     .bind(tasks.iter().map(|t| t.created_at).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.updated_at).collect::<Vec<_>>())
     .bind(tasks.iter().map(|t| t.execution_time).collect::<Vec<_>>())
+    .bind(claims)
+    .bind(claimant.map_or(0.0, |c| c.1))
     .fetch_all(&mut **tx)
     .await?)
 }
