@@ -21,6 +21,7 @@ mod cluster;
 mod counts;
 mod fanout;
 mod listen;
+mod lock;
 mod notify;
 mod plan;
 mod projects;
