@@ -91,7 +91,7 @@ impl Runtime {
         let grace = std::time::Duration::from_millis(config.file.link.grace_ms);
         let hosts = crate::link::Hosts::new(&config.node_id, grace);
         agents.attach(hosts.clone());
-        Runtime {
+        let runtime = Runtime {
             hosts,
             link: config.file.link.clone(),
             engine: Engine::new(writer, Arc::new(agents), shutdown),
@@ -105,7 +105,11 @@ impl Runtime {
             throttle: crate::throttle::Throttle::new(&config.file.security),
             tokens: tokens::TokenCache::default(),
             pruner: retention::Pruner::new(config.file.retention.clone()),
+        };
+        if let Some(cluster) = runtime.store.cluster() {
+            cluster.claim_own_starts(&runtime.node_id, runtime.lease());
         }
+        runtime
     }
 
     /// The store.

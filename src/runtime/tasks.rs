@@ -163,20 +163,24 @@ impl Runtime {
             change: TaskChange::Insert(Box::new(task.clone())),
             audit: vec![audit],
         };
-        // On one node the driver starts now: its first transitions go with
-        // the task's insert and share its commit. (If the insert is
-        // refused, so are they: the task does not exist.)
-        let started = self.store.cluster().is_none() && local.is_some();
+        // When the agent is here, the driver starts now: its first
+        // transitions go with the task's insert and share its commit (on a
+        // cluster the insert is stored claimed by this node). If the insert
+        // is refused, so are they: the task does not exist. A draining node
+        // starts nothing.
+        let here = local.is_some() && !self.engine.is_draining();
         let view: TaskView = (&task).into();
         let acked = ack_to.is_some();
         let ack = ack_to.map(|to| to.ack(&view));
-        let receipt = if started {
-            let (receipt, begun) = self.engine.submit(&task, append, ack).await?;
-            self.engine.start_begun(task.clone(), begun);
-            receipt
+        let (receipt, begun) = if here {
+            self.engine.submit(&task, append, ack).await?
         } else {
-            self.engine.writer().queue_acked(append, ack).await?
+            (self.engine.writer().queue_acked(append, ack).await?, None)
         };
+        let started = begun.is_some() || (here && self.store.cluster().is_none());
+        if started {
+            self.engine.start_begun(task.clone(), begun);
+        }
         match receipt.wait().await? {
             Ok(_) => {
                 metrics::counter!("switchboard_tasks_submitted_total").increment(1);

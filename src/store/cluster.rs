@@ -66,6 +66,11 @@ pub trait Cluster: Send + Sync {
         node_id: &str,
         lease: std::time::Duration,
     ) -> Result<bool>;
+    /// From now on, store a new task claimed by `node_id` (leased for
+    /// `lease`) when the batch inserting it also starts it: the submitting
+    /// node runs it, and its insert, `planning` and `running` share one
+    /// commit, as on a single node.
+    fn claim_own_starts(&self, node_id: &str, lease: std::time::Duration);
     /// Claim up to `limit` pending, unclaimed tasks of these agents, oldest
     /// first, skipping tasks another node is claiming right now.
     async fn claim_pending(

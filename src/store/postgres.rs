@@ -21,6 +21,7 @@ mod cluster;
 mod counts;
 mod fanout;
 mod listen;
+mod lock;
 mod notify;
 mod plan;
 mod projects;
@@ -79,6 +80,9 @@ pub struct PostgresStore {
     fanout: Arc<Fanout>,
     /// Signals from every node (pending work, control), for the engine.
     signals: broadcast::Sender<Signal>,
+    /// This node and its lease, once known: the claim of the new tasks a
+    /// batch also starts ([`crate::store::Cluster::claim_own_starts`]).
+    claimant: std::sync::OnceLock<(String, f64)>,
 }
 
 impl PostgresStore {
@@ -101,6 +105,7 @@ impl PostgresStore {
             options,
             fanout: Arc::new(Fanout::new(bus)),
             signals: broadcast::channel(1024).0,
+            claimant: std::sync::OnceLock::new(),
         })
     }
 

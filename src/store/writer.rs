@@ -148,8 +148,12 @@ impl Receipt {
 #[derive(Clone, Debug)]
 enum Sink {
     Sqlite(mpsc::Sender<super::sqlite::Job>),
-    Batched(mpsc::Sender<(Append, Reply)>),
+    Batched(mpsc::Sender<Job>),
 }
+
+/// What the batching committer is sent: appends that share a commit
+/// (retried together too, should their batch fail).
+type Job = Vec<(Append, Reply)>;
 
 /// A handle to the committer; cheap to clone.
 #[derive(Clone, Debug)]
@@ -202,7 +206,7 @@ impl EventWriter {
                 .send(super::sqlite::Job::Append(append, reply))
                 .await
                 .map_err(|_| gone()),
-            Sink::Batched(tx) => tx.send((append, reply)).await.map_err(|_| gone()),
+            Sink::Batched(tx) => tx.send(vec![(append, reply)]).await.map_err(|_| gone()),
         }
     }
 
@@ -211,8 +215,8 @@ impl EventWriter {
         self.queue(append).await?.wait().await
     }
 
-    /// Queue several events at once: on SQLite they are sure to share a
-    /// commit. One receipt each, in order.
+    /// Queue several events at once: they are sure to share a commit. One
+    /// receipt each, in order.
     pub async fn queue_all(&self, appends: Vec<Append>) -> Result<Vec<Receipt>> {
         self.queue_all_acked(appends, None).await
     }
@@ -236,11 +240,7 @@ impl EventWriter {
                 .send(super::sqlite::Job::Appends(jobs))
                 .await
                 .map_err(|_| gone())?,
-            Sink::Batched(tx) => {
-                for job in jobs {
-                    tx.send(job).await.map_err(|_| gone())?;
-                }
-            }
+            Sink::Batched(tx) => tx.send(jobs).await.map_err(|_| gone())?,
         }
         Ok(receipts)
     }
@@ -274,12 +274,8 @@ impl EventWriter {
     }
 }
 
-async fn run(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(Append, Reply)>,
-    stop: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
+    let mut batch = Batch::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -289,7 +285,7 @@ async fn run(
         let Some(first) = first else { break };
         batch.push(first);
         drain(&mut rx, &mut batch);
-        if batch.len() < MAX_BATCH {
+        if batch.items.len() < MAX_BATCH {
             // Let the tasks woken by the last commit run first: they append
             // their next events now, and those join this batch instead of
             // paying for a commit of their own. Costs nothing when idle.
@@ -300,42 +296,64 @@ async fn run(
     }
 }
 
-/// Move whatever is queued into `batch`, up to [`MAX_BATCH`].
-fn drain(rx: &mut mpsc::Receiver<(Append, Reply)>, batch: &mut Vec<(Append, Reply)>) {
-    while batch.len() < MAX_BATCH {
+/// The appends of one commit, and the size of each job they came in.
+#[derive(Default)]
+struct Batch {
+    items: Vec<(Append, Reply)>,
+    jobs: Vec<usize>,
+}
+
+impl Batch {
+    fn push(&mut self, job: Job) {
+        self.jobs.push(job.len());
+        self.items.extend(job);
+    }
+}
+
+/// Move whatever is queued into `batch`, up to about [`MAX_BATCH`].
+fn drain(rx: &mut mpsc::Receiver<Job>, batch: &mut Batch) {
+    while batch.items.len() < MAX_BATCH {
         match rx.try_recv() {
-            Ok(item) => batch.push(item),
+            Ok(job) => batch.push(job),
             Err(_) => break,
         }
     }
 }
 
-async fn commit(store: &dyn Store, batch: &mut Vec<(Append, Reply)>) {
-    let (appends, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+async fn commit(store: &dyn Store, batch: &mut Batch) {
+    let (appends, replies): (Vec<_>, Vec<_>) = batch.items.drain(..).unzip();
+    let jobs = std::mem::take(&mut batch.jobs);
     metrics::histogram!("switchboard_commit_batch_size").record(appends.len() as f64);
-    let retry = (appends.len() > 1).then(|| appends.clone());
+    let retry = (jobs.len() > 1).then(|| appends.clone());
     let started = std::time::Instant::now();
     let outcome = store.append(appends).await;
     metrics::histogram!("switchboard_commit_seconds").record(started.elapsed().as_secs_f64());
+    match outcome {
+        Err(_) if retry.is_some() => {
+            // One bad job must not fail its neighbours: retry job by job.
+            let mut appends = retry.unwrap_or_default().into_iter();
+            let mut replies = replies.into_iter();
+            for len in jobs {
+                let job: Vec<Append> = appends.by_ref().take(len).collect();
+                let job_replies: Vec<Reply> = replies.by_ref().take(len).collect();
+                answer(job_replies, store.append(job).await);
+            }
+        }
+        outcome => answer(replies, outcome),
+    }
+}
+
+/// Answer each append of a commit; when it failed, the first append gets
+/// the error (the others' waiters see the writer gone).
+fn answer(replies: Vec<Reply>, outcome: Result<Vec<Result<StoredEvent, Rejected>>>) {
     match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {
                 reply.send(Ok(result));
             }
         }
-        Err(_) if retry.is_some() => {
-            // One bad item must not fail its neighbours: retry one by one.
-            for (append, reply) in retry.unwrap_or_default().into_iter().zip(replies) {
-                let result = store
-                    .append(vec![append])
-                    .await
-                    .and_then(|mut r| r.pop().ok_or(Error::Internal));
-                reply.send(result);
-            }
-        }
         Err(e) => {
-            let mut replies = replies.into_iter();
-            if let Some(reply) = replies.next() {
+            if let Some(reply) = replies.into_iter().next() {
                 reply.send(Err(e));
             }
         }

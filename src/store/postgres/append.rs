@@ -1,18 +1,19 @@
-//! Appending a batch of events: one transaction and a fixed number of
-//! round trips, whatever the batch's size.
+//! Appending a batch of events: one transaction of two statements,
+//! whatever the batch's size.
 //!
 //! 1. lock the batch's sessions, then the tasks it changes, each in id
-//!    order, reading their seq, owner and state ([`write::lock`]);
-//! 2. insert its new tasks in one statement ([`write::insert_tasks`]);
-//! 3. decide every append in memory, in order, as the SQLite writer does
+//!    order, insert its new tasks (claimed by this node when the batch also
+//!    starts them) and lock the audit chain's head, reading their seq,
+//!    owner and state ([`lock::lock`]);
+//! 2. decide every append in memory, in order, as the SQLite writer does
 //!    ([`plan::plan`]): refusals, seqs, the net change of each task row;
-//! 4. chain its audit records under the chain head's lock;
-//! 5. store events, session seqs, task rows and audit records, and send one
+//!    chain its audit records;
+//! 3. store events, session seqs, task rows and audit records, and send one
 //!    notification per batch, in one statement ([`write::write`]);
-//! 6. commit, then publish to this node's subscribers.
+//! 4. commit, then publish to this node's subscribers.
 
 use super::plan::{self, Plan};
-use super::{PostgresStore, write};
+use super::{PostgresStore, lock, write};
 use crate::error::Result;
 use crate::event::StoredEvent;
 use crate::store::{Append, Rejected};
@@ -27,16 +28,29 @@ impl PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let claimant = self.claimant.get();
+        let started = claimant.map(|_| plan::started(&batch)).unwrap_or_default();
+        let new = plan::inserts(&batch);
+        let request = lock::Request {
+            sessions: &plan::sessions(&batch),
+            tasks: &plan::touched_tasks(&batch),
+            claims: new
+                .iter()
+                .map(|t| claimant.filter(|_| started.contains(&t.task_id)))
+                .map(|c| c.map(|c| c.0.as_str()))
+                .collect(),
+            new: &new,
+            lease: claimant.map_or(0.0, |c| c.1),
+            audit: batch.iter().any(|a| !a.audit.is_empty()),
+        };
         let mut tx = self.pool.begin().await?;
-        let locked = write::lock(
-            &mut tx,
-            &plan::sessions(&batch),
-            &plan::touched_tasks(&batch),
-        )
-        .await?;
-        let inserted = write::insert_tasks(&mut tx, &plan::inserts(&batch, &locked)).await?;
-        let mut plan: Plan = plan::plan(batch, locked, &inserted);
-        let audit = write::chain_audit(&mut tx, std::mem::take(&mut plan.audit)).await?;
+        let held = lock::lock(&mut tx, request).await?;
+        let mut plan: Plan = plan::plan(batch, held.locked, &held.inserted, &started);
+        let records = std::mem::take(&mut plan.audit);
+        let audit = match held.head {
+            Some(head) => write::chain(head, records),
+            None => write::chain_audit(&mut tx, records).await?,
+        };
         write::write(&mut tx, &plan, &audit).await?;
         tx.commit().await?;
         let stored: Vec<StoredEvent> = plan.stored_events().cloned().collect();

@@ -95,6 +95,10 @@ impl Cluster for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    fn claim_own_starts(&self, node_id: &str, lease: Duration) {
+        let _ = self.claimant.set((node_id.to_owned(), secs(lease)));
+    }
+
     async fn claim_pending(
         &self,
         node_id: &str,

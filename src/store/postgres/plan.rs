@@ -120,18 +120,35 @@ fn may_insert(session: Option<&SessionRow>, t: &Task) -> bool {
     session.is_some_and(|s| rules::may_insert(s.active, &s.user_id, t))
 }
 
-/// The new tasks of `batch` worth trying to insert: those whose session
-/// takes them. The database says which of them are new (not duplicates).
-pub(super) fn inserts<'a>(batch: &'a [Append], locked: &Locked) -> Vec<&'a Task> {
+/// The new tasks of `batch`. The database inserts those whose session
+/// takes them and says which of them are new (not duplicates).
+pub(super) fn inserts(batch: &[Append]) -> Vec<&Task> {
     batch
         .iter()
         .filter_map(|a| match &a.change {
-            TaskChange::Insert(t) if may_insert(locked.sessions.get(&a.session_id), t) => {
-                Some(&**t)
-            }
+            TaskChange::Insert(t) => Some(&**t),
             _ => None,
         })
         .collect()
+}
+
+/// The new tasks of `batch` that it also starts (a transition out of
+/// `pending` follows their insert): stored claimed by this node.
+pub(super) fn started(batch: &[Append]) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for (i, a) in batch.iter().enumerate() {
+        if !matches!(a.change, TaskChange::Insert(_)) {
+            continue;
+        }
+        let starts = batch[i + 1..].iter().any(|b| {
+            b.task_id == a.task_id
+                && matches!(&b.change, TaskChange::Transition(tr) if tr.from == TaskState::Pending)
+        });
+        if starts {
+            ids.push(a.task_id);
+        }
+    }
+    ids
 }
 
 /// The task ids whose rows the batch changes or requires (not its inserts),
@@ -156,8 +173,14 @@ pub(super) fn sessions(batch: &[Append]) -> Vec<Uuid> {
 }
 
 /// Decide the batch, applying its appends one after another as the SQLite
-/// writer does: `inserted` are the new tasks the database took.
-pub(super) fn plan(batch: Vec<Append>, mut locked: Locked, inserted: &[Uuid]) -> Plan {
+/// writer does: `inserted` are the new tasks the database took, `claimed`
+/// those of them stored already claimed (no other node is woken for them).
+pub(super) fn plan(
+    batch: Vec<Append>,
+    mut locked: Locked,
+    inserted: &[Uuid],
+    claimed: &[Uuid],
+) -> Plan {
     let mut plan = Plan::default();
     let mut inserted: Vec<Uuid> = inserted.to_vec();
     let mut task_rows = HashMap::new();
@@ -169,7 +192,8 @@ pub(super) fn plan(batch: Vec<Append>, mut locked: Locked, inserted: &[Uuid]) ->
                 plan.tasks.fold(&mut task_rows, a.task_id, tr, a.at);
             }
             if let TaskChange::Insert(t) = &a.change {
-                if t.state == TaskState::Pending && !plan.pending.contains(&t.agent_type) {
+                let waits = t.state == TaskState::Pending && !claimed.contains(&t.task_id);
+                if waits && !plan.pending.contains(&t.agent_type) {
                     plan.pending.push(t.agent_type.clone());
                 }
             }
@@ -350,7 +374,7 @@ mod tests {
             step(&a, TaskState::Running, TaskState::Completed, Some("done")),
         ];
         let inserted = [a.task_id, b.task_id];
-        let plan = plan(batch, locked(&[(s1, "u", 7), (s2, "v", 0)]), &inserted);
+        let plan = plan(batch, locked(&[(s1, "u", 7), (s2, "v", 0)]), &inserted, &[]);
         assert_eq!(
             seqs(&plan),
             vec![
@@ -388,9 +412,9 @@ mod tests {
             append(s1, Uuid::new_v4(), TaskChange::Require(TaskState::Running)),
         ];
         let l = locked(&[(s1, "u", 0)]);
-        let tried = inserts(&batch, &l);
-        assert_eq!(tried.len(), 1, "the intruder's insert is not tried");
-        let plan = plan(batch, l, &[]);
+        assert_eq!(inserts(&batch).len(), 2);
+        // The database took `theirs` by mistake: the plan still refuses it.
+        let plan = plan(batch, l, &[theirs.task_id], &[]);
         assert_eq!(
             seqs(&plan),
             vec![
@@ -401,6 +425,27 @@ mod tests {
             ]
         );
         assert!(plan.events.seq.is_empty() && plan.sessions.session_id.is_empty());
+    }
+
+    /// A task inserted and started in one batch is claimed with it and
+    /// wakes no other node; one left pending does.
+    #[test]
+    fn started_in_batch() {
+        let s1 = Uuid::new_v4();
+        let (a, mut b) = (task(s1, "u"), task(s1, "u"));
+        b.agent_type = "other".into();
+        let batch = vec![
+            insert(&a),
+            insert(&b),
+            step(&a, TaskState::Pending, TaskState::Planning, None),
+            step(&a, TaskState::Planning, TaskState::Running, None),
+        ];
+        assert_eq!(started(&batch), vec![a.task_id]);
+        let ids = [a.task_id, b.task_id];
+        let plan = plan(batch, locked(&[(s1, "u", 0)]), &ids, &[a.task_id]);
+        assert_eq!(plan.events.seq, vec![1, 2, 3, 4]);
+        assert_eq!(plan.tasks.state, vec!["running"]);
+        assert_eq!(plan.pending, vec!["other".to_owned()]);
     }
 
     /// Locks are taken in sorted order, each row once, and a batch's own

@@ -1,95 +1,18 @@
-//! The statements of one append batch, each one round trip whatever the
-//! batch's size: lock the sessions (and the tasks it changes) in a fixed
-//! order, insert the new tasks, chain the audit records, then store every
-//! row and send the notifications in one statement.
+//! The last statement of an append batch, one round trip whatever the
+//! batch's size: store every row and send the notifications (after
+//! [`super::lock`] took the locks and inserted the new tasks, and the audit
+//! records were chained).
 
-use sqlx::{Postgres, Row, Transaction};
-use uuid::Uuid;
+use sqlx::{Postgres, Transaction};
 
 use super::EVENTS_CHANNEL;
 use super::TASKS_CHANNEL;
 use super::notify::payloads;
-use super::plan::{Locked, Plan, SessionRow};
+use super::plan::Plan;
 use crate::audit::{AuditRecord, NewAudit};
 use crate::error::Result;
-use crate::store::corrupt;
-use crate::task::Task;
 
 type Tx<'c> = Transaction<'c, Postgres>;
-
-/// Lock the rows of `sessions` and then of `tasks`, each sorted: every
-/// writer of every node takes them in this one order (sessions by id, then
-/// tasks by id), so two batches over the same streams wait for each other
-/// and never deadlock. What they hold is read under the locks.
-pub(super) async fn lock(tx: &mut Tx<'_>, sessions: &[Uuid], tasks: &[Uuid]) -> Result<Locked> {
-    let mut locked = Locked::default();
-    let rows = sqlx::query(
-        "SELECT session_id, user_id, state, last_seq FROM sessions \
-         WHERE session_id = ANY($1) ORDER BY session_id FOR UPDATE",
-    )
-    .bind(sessions)
-    .fetch_all(&mut **tx)
-    .await?;
-    for r in rows {
-        let state: &str = r.try_get("state")?;
-        let row = SessionRow {
-            user_id: r.try_get("user_id")?,
-            active: state == "active",
-            last_seq: r.try_get("last_seq")?,
-        };
-        locked.sessions.insert(r.try_get("session_id")?, row);
-    }
-    if tasks.is_empty() {
-        return Ok(locked);
-    }
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT task_id, state FROM tasks WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE",
-    )
-    .bind(tasks)
-    .fetch_all(&mut **tx)
-    .await?;
-    for (id, state) in rows {
-        locked.tasks.insert(id, state.parse().map_err(corrupt)?);
-    }
-    Ok(locked)
-}
-
-/// Insert `tasks` in one statement; the ids of those inserted (the others'
-/// id or idempotency key is taken).
-pub(super) async fn insert_tasks(tx: &mut Tx<'_>, tasks: &[&Task]) -> Result<Vec<Uuid>> {
-    if tasks.is_empty() {
-        return Ok(Vec::new());
-    }
-    let text = |v: &serde_json::Value| v.to_string();
-    let col = |f: fn(&Task) -> Uuid| tasks.iter().map(|t| f(t)).collect::<Vec<_>>();
-    Ok(sqlx::query_scalar(
-        "INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
-         params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time) \
-         SELECT t, x, s, u, a, p, c::jsonb, pa::jsonb, st, r, e, m::jsonb, k, ca, ua, et \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], \
-         $15::timestamptz[], $16::float8[]) AS n(t, x, s, u, a, p, c, pa, st, r, e, m, k, ca, ua, et) \
-         ON CONFLICT DO NOTHING RETURNING task_id",
-    )
-    .bind(col(|t| t.task_id))
-    .bind(col(|t| t.execution_uuid))
-    .bind(col(|t| t.session_id))
-    .bind(tasks.iter().map(|t| t.user_id.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.agent_type.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.prompt.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| text(&t.context)).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| text(&t.params)).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.state.as_str()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.result.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.error.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| text(&t.metadata)).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.idempotency_key.as_deref()).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.created_at).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.updated_at).collect::<Vec<_>>())
-    .bind(tasks.iter().map(|t| t.execution_time).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?)
-}
 
 /// Chain `records` onto the audit log, holding the chain's head row until
 /// commit so that writers on every node take turns. (Taken after the
@@ -101,10 +24,16 @@ pub(super) async fn chain_audit(
     if records.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut seq, mut prev): (i64, String) =
-        sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut **tx)
-            .await?;
+    let head = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(chain(head, records))
+}
+
+/// Chain `records` onto the audit chain whose head is `head` (seq, hash),
+/// locked by the caller.
+pub(super) fn chain(head: (i64, String), records: Vec<NewAudit>) -> Vec<AuditRecord> {
+    let (mut seq, mut prev) = head;
     let mut out = Vec::with_capacity(records.len());
     for new in records {
         seq += 1;
@@ -112,7 +41,7 @@ pub(super) async fn chain_audit(
         prev.clone_from(&r.hash);
         out.push(r);
     }
-    Ok(out)
+    out
 }
 
 /// Store everything `plan` decided and the chained `audit` records, and
