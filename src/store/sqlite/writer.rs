@@ -32,6 +32,11 @@ use crate::task::TaskState;
 /// Sessions whose `seq` the writer remembers before it forgets the oldest
 /// half (they are read back on their next event).
 const SESSION_CACHE: usize = 8192;
+/// How often an idle writer forgets the sessions it did not write for
+/// since the last time: what it remembers is bounded by the sessions that
+/// are busy now, not by every session a burst ever opened (a forgotten
+/// session is read back, one indexed row, on its next event).
+const SESSION_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A write for the writer thread.
 pub enum Job {
@@ -92,6 +97,8 @@ pub struct Writer {
     pub(super) bus: Arc<Bus>,
     sessions: HashMap<Uuid, SessionSlot>,
     old_sessions: HashMap<Uuid, SessionSlot>,
+    /// When `sessions` last became `old_sessions`.
+    aged: std::time::Instant,
     pub(super) tasks: HashMap<Uuid, TaskSlot>,
     /// Unfinished tasks per user, read by the runtime's admission check.
     pub(super) active: Arc<DashMap<String, i64>>,
@@ -107,6 +114,7 @@ impl Writer {
             bus,
             sessions: HashMap::new(),
             old_sessions: HashMap::new(),
+            aged: std::time::Instant::now(),
             tasks: HashMap::new(),
             active,
             head: None,
@@ -121,6 +129,7 @@ impl Writer {
         let mut hot = Vec::with_capacity(MAX_BATCH);
         loop {
             if rx.is_empty() {
+                self.age_sessions();
                 crate::alloc::collect_when_idle();
             }
             let Some(first) = rx.blocking_recv() else {
@@ -154,6 +163,9 @@ impl Writer {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut hot = Vec::with_capacity(MAX_BATCH);
         loop {
+            if rx.is_empty() {
+                self.age_sessions();
+            }
             let Some(first) = rx.recv().await else {
                 return;
             };
@@ -319,9 +331,24 @@ impl Writer {
     /// Remember a session (new, or read back).
     pub(super) fn remember_session(&mut self, id: Uuid, slot: SessionSlot) {
         if self.sessions.len() >= SESSION_CACHE {
-            self.old_sessions = std::mem::take(&mut self.sessions);
+            self.rotate_sessions();
         }
         self.sessions.insert(id, slot);
+    }
+
+    /// Called when the queue is empty: at most every [`SESSION_AGE`], the
+    /// sessions not written since the last time are forgotten.
+    fn age_sessions(&mut self) {
+        if self.aged.elapsed() >= SESSION_AGE {
+            self.rotate_sessions();
+        }
+    }
+
+    /// The sessions remembered now become the old generation; the old one
+    /// (not used since the last rotation) is forgotten, memory and all.
+    fn rotate_sessions(&mut self) {
+        self.old_sessions = std::mem::take(&mut self.sessions);
+        self.aged = std::time::Instant::now();
     }
 
     /// Forget a session (ended: read it back if it is ever needed).
