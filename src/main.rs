@@ -303,6 +303,11 @@ fn worker_threads() -> Option<usize> {
     Some(cores.saturating_sub(1).max(1))
 }
 
+/// Blocking threads at most (the SQLite store's reads, four at a time, and
+/// file work): each thread that ever ran keeps a heap of its own, so a
+/// burst that spawned dozens left their partly used pages behind.
+const BLOCKING_THREADS: usize = 8;
+
 /// mimalloc's collection of the calling thread's heap (see `alloc.rs`).
 fn collect_heap() {
     // SAFETY: takes no pointers; it only walks the calling thread's heap.
@@ -324,7 +329,8 @@ fn main() -> ExitCode {
     };
     builder
         .enable_all()
-        .on_thread_park(switchboard::alloc::collect_when_idle);
+        .on_thread_park(switchboard::alloc::collect_when_idle)
+        .max_blocking_threads(BLOCKING_THREADS);
     if matches!(cli.command, Command::Serve(_)) && !single {
         if let Some(n) = worker_threads() {
             builder.worker_threads(n);

@@ -138,6 +138,7 @@ impl SqliteStore {
         };
         let (conn, out) = tokio::task::spawn_blocking(move || {
             let out = f(&conn);
+            crate::alloc::collect_when_idle();
             (conn, out)
         })
         .await
