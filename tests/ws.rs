@@ -638,7 +638,8 @@ async fn gauge(server: &TestServer, name: &str) -> f64 {
 
 /// Nothing per session outlives its last socket: after 50 connections
 /// (each with a task and a second subscription) close, no connection is
-/// registered and no stream is left on the bus.
+/// registered, no stream is left on the bus and no task is held live; and
+/// a session resumed afterwards goes on from its last `seq`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_sockets_leave_nothing_behind() {
     let server = TestServer::spawn().await;
@@ -648,23 +649,41 @@ async fn closed_sockets_leave_nothing_behind() {
         let t = ws
             .ok(json!({"op": "task.submit", "agent_type": "echo", "prompt": "bye"}))
             .await;
-        ws.until_terminal(t["task_id"].as_str().unwrap()).await;
+        let events = ws.until_terminal(t["task_id"].as_str().unwrap()).await;
+        let last_seq = events.last().unwrap()["seq"].as_i64().unwrap();
         ws.ok(json!({"op": "subscribe", "stream": "audit"})).await;
-        clients.push((ws, hello));
+        clients.push((ws, hello["session_id"].clone(), last_seq));
     }
     assert_eq!(gauge(&server, "switchboard_connections").await, 50.0);
     // Every session's stream and the audit stream.
     assert_eq!(gauge(&server, "switchboard_bus_streams").await, 51.0);
+    let (session, last_seq) = clients.last().map(|(_, s, q)| (s.clone(), *q)).unwrap();
     drop(clients);
     let deadline = tokio::time::Instant::now() + WAIT;
     while gauge(&server, "switchboard_connections").await > 0.0
         || gauge(&server, "switchboard_bus_streams").await > 0.0
+        || gauge(&server, "switchboard_tasks_running_here").await > 0.0
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "connections or streams left behind after every socket closed"
+            "connections, streams or tasks left behind after every socket closed"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let (mut ws, _) = server
+        .ws(
+            &server.admin,
+            json!({"session_id": session, "after_seq": last_seq}),
+        )
+        .await;
+    let t = ws
+        .ok(json!({"op": "task.submit", "agent_type": "echo", "prompt": "again"}))
+        .await;
+    let events = ws.until_terminal(t["task_id"].as_str().unwrap()).await;
+    assert_eq!(
+        seqs(&events)[0],
+        last_seq + 1,
+        "seq did not go on: {events:?}"
+    );
     server.stop().await;
 }

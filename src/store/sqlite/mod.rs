@@ -19,6 +19,7 @@ mod prune;
 pub(crate) use prune::usable_checkpoint;
 mod read;
 pub(crate) mod rows;
+mod sessions;
 mod storage;
 mod writer;
 

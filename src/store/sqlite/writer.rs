@@ -29,15 +29,6 @@ use crate::store::writer::{MAX_BATCH, Reply};
 use crate::store::{Append, Task};
 use crate::task::TaskState;
 
-/// Sessions whose `seq` the writer remembers before it forgets the oldest
-/// half (they are read back on their next event).
-const SESSION_CACHE: usize = 8192;
-/// How often an idle writer forgets the sessions it did not write for
-/// since the last time: what it remembers is bounded by the sessions that
-/// are busy now, not by every session a burst ever opened (a forgotten
-/// session is read back, one indexed row, on its next event).
-const SESSION_AGE: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// A write for the writer thread.
 pub enum Job {
     /// An event (with its task change and audit records).
@@ -95,10 +86,8 @@ pub(super) struct TaskSlot {
 pub struct Writer {
     pub(super) conn: Connection,
     pub(super) bus: Arc<Bus>,
-    sessions: HashMap<Uuid, SessionSlot>,
-    old_sessions: HashMap<Uuid, SessionSlot>,
-    /// When `sessions` last became `old_sessions`.
-    aged: std::time::Instant,
+    /// What it knows of the sessions it wrote for lately.
+    sessions: super::sessions::Sessions,
     pub(super) tasks: HashMap<Uuid, TaskSlot>,
     /// Unfinished tasks per user, read by the runtime's admission check.
     pub(super) active: Arc<DashMap<String, i64>>,
@@ -112,9 +101,7 @@ impl Writer {
         Writer {
             conn,
             bus,
-            sessions: HashMap::new(),
-            old_sessions: HashMap::new(),
-            aged: std::time::Instant::now(),
+            sessions: Default::default(),
             tasks: HashMap::new(),
             active,
             head: None,
@@ -129,7 +116,7 @@ impl Writer {
         let mut hot = Vec::with_capacity(MAX_BATCH);
         loop {
             if rx.is_empty() {
-                self.age_sessions();
+                self.sessions.age();
                 crate::alloc::collect_when_idle();
             }
             let Some(first) = rx.blocking_recv() else {
@@ -164,7 +151,7 @@ impl Writer {
         let mut hot = Vec::with_capacity(MAX_BATCH);
         loop {
             if rx.is_empty() {
-                self.age_sessions();
+                self.sessions.age();
             }
             let Some(first) = rx.recv().await else {
                 return;
@@ -246,7 +233,6 @@ impl Writer {
     /// be ahead of the database.
     pub(super) fn forget(&mut self) {
         self.sessions.clear();
-        self.old_sessions.clear();
         self.tasks.clear();
         self.head = None;
         self.audit_out.clear();
@@ -315,46 +301,23 @@ impl Writer {
     /// The writer's knowledge of a session, read from the database when it
     /// has none; `None` when the session does not exist.
     pub(super) fn session(&mut self, id: Uuid) -> Result<Option<&mut SessionSlot>> {
-        if !self.sessions.contains_key(&id) {
-            let slot = match self.old_sessions.remove(&id) {
-                Some(slot) => slot,
-                None => match super::load_session(&self.conn, id)? {
-                    Some(slot) => slot,
-                    None => return Ok(None),
-                },
-            };
-            self.remember_session(id, slot);
+        if self.sessions.get(id).is_none() {
+            match super::load_session(&self.conn, id)? {
+                Some(slot) => self.sessions.insert(id, slot),
+                None => return Ok(None),
+            }
         }
-        Ok(self.sessions.get_mut(&id))
+        Ok(self.sessions.get(id))
     }
 
     /// Remember a session (new, or read back).
     pub(super) fn remember_session(&mut self, id: Uuid, slot: SessionSlot) {
-        if self.sessions.len() >= SESSION_CACHE {
-            self.rotate_sessions();
-        }
         self.sessions.insert(id, slot);
-    }
-
-    /// Called when the queue is empty: at most every [`SESSION_AGE`], the
-    /// sessions not written since the last time are forgotten.
-    fn age_sessions(&mut self) {
-        if self.aged.elapsed() >= SESSION_AGE {
-            self.rotate_sessions();
-        }
-    }
-
-    /// The sessions remembered now become the old generation; the old one
-    /// (not used since the last rotation) is forgotten, memory and all.
-    fn rotate_sessions(&mut self) {
-        self.old_sessions = std::mem::take(&mut self.sessions);
-        self.aged = std::time::Instant::now();
     }
 
     /// Forget a session (ended: read it back if it is ever needed).
     pub(super) fn drop_session(&mut self, id: Uuid) {
-        self.sessions.remove(&id);
-        self.old_sessions.remove(&id);
+        self.sessions.remove(id);
     }
 
     /// The writer's knowledge of an unfinished task, read from the database
