@@ -87,7 +87,8 @@ pub struct PostgresStore {
     signals: broadcast::Sender<Signal>,
     /// This node and its lease, once known: the claim of the new tasks a
     /// batch also starts ([`crate::store::Cluster::claim_own_starts`]).
-    claimant: std::sync::OnceLock<(String, f64)>,
+    /// Shared by every clone (the committer runs on one).
+    claimant: Arc<std::sync::OnceLock<(String, f64)>>,
     /// Claims of single submitted tasks, committed together.
     claims: claims::Claims,
 }
@@ -111,7 +112,7 @@ impl PostgresStore {
             options,
             fanout: Arc::new(Fanout::new(bus)),
             signals: broadcast::channel(1024).0,
-            claimant: std::sync::OnceLock::new(),
+            claimant: Arc::new(std::sync::OnceLock::new()),
             claims: claims::Claims::spawn(pool.clone()),
             pool,
         })
@@ -173,7 +174,8 @@ impl Store for PostgresStore {
         expires_at: Option<DateTime<Utc>>,
         audit: Vec<NewAudit>,
     ) -> Result<()> {
-        self.add_token(user_id, token_hash, at, expires_at, audit).await
+        self.add_token(user_id, token_hash, at, expires_at, audit)
+            .await
     }
 
     async fn revoke_tokens(

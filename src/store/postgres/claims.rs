@@ -48,7 +48,12 @@ impl Claims {
 
     /// Claim `task_id` for `node_id` if it is still pending and unclaimed;
     /// whether it was.
-    pub(super) async fn claim(&self, task_id: Uuid, node_id: &str, lease: Duration) -> Result<bool> {
+    pub(super) async fn claim(
+        &self,
+        task_id: Uuid,
+        node_id: &str,
+        lease: Duration,
+    ) -> Result<bool> {
         let (done, answer) = oneshot::channel();
         let claim = Claim {
             task_id,
@@ -103,9 +108,9 @@ async fn commit(pool: &PgPool, claims: Vec<Claim>, node_id: &str, lease: Duratio
         Err(e) => {
             tracing::warn!(error = %e, "could not claim submitted tasks");
             for c in claims {
-                let _ = c.done.send(Err(Error::Unavailable(
-                    "could not claim the task".into(),
-                )));
+                let _ = c
+                    .done
+                    .send(Err(Error::Unavailable("could not claim the task".into())));
             }
         }
     }

@@ -31,7 +31,10 @@ const DEPTH: usize = 2;
 
 /// Start the committer of `store`; it runs until `stop` is cancelled and
 /// its queue is empty.
-pub(super) fn spawn(store: PostgresStore, stop: CancellationToken) -> (EventWriter, JoinHandle<()>) {
+pub(super) fn spawn(
+    store: PostgresStore,
+    stop: CancellationToken,
+) -> (EventWriter, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(writer::QUEUE);
     (EventWriter::batched(tx), tokio::spawn(run(store, rx, stop)))
 }

@@ -55,7 +55,8 @@ impl PostgresStore {
     }
 
     pub(super) async fn list_sessions(&self, user_id: Option<&str>) -> Result<Vec<Session>> {
-        self.list_of_user("sessions", "created_at DESC", user_id, session_from).await
+        self.list_of_user("sessions", "created_at DESC", user_id, session_from)
+            .await
     }
 
     pub(super) async fn end_session(
@@ -109,10 +110,16 @@ impl PostgresStore {
     }
 
     pub(super) async fn list_devices(&self, user_id: Option<&str>) -> Result<Vec<Device>> {
-        self.list_of_user("devices", "first_seen", user_id, device_from).await
+        self.list_of_user("devices", "first_seen", user_id, device_from)
+            .await
     }
 
-    pub(super) async fn add_nonce(&self, nonce: &str, user_id: &str, expires_at: DateTime<Utc>) -> Result<()> {
+    pub(super) async fn add_nonce(
+        &self,
+        nonce: &str,
+        user_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO device_nonces (nonce, user_id, expires_at) VALUES ($1,$2,$3)")
             .bind(nonce)
             .bind(user_id)
@@ -122,7 +129,12 @@ impl PostgresStore {
         Ok(())
     }
 
-    pub(super) async fn use_nonce(&self, nonce: &str, user_id: &str, now: DateTime<Utc>) -> Result<bool> {
+    pub(super) async fn use_nonce(
+        &self,
+        nonce: &str,
+        user_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE device_nonces SET used = TRUE WHERE nonce = $1 AND user_id = $2 AND NOT used AND expires_at > $3",
         )

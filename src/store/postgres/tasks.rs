@@ -21,7 +21,11 @@ impl PostgresStore {
             .transpose()
     }
 
-    pub(super) async fn task_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Task>> {
+    pub(super) async fn task_by_idempotency_key(
+        &self,
+        user_id: &str,
+        key: &str,
+    ) -> Result<Option<Task>> {
         sqlx::query("SELECT * FROM tasks WHERE user_id = $1 AND idempotency_key = $2")
             .bind(user_id)
             .bind(key)

@@ -15,7 +15,12 @@ impl PostgresStore {
             .await?)
     }
 
-    pub(super) async fn create_user(&self, user: &User, token_hash: &str, audit: Vec<NewAudit>) -> Result<()> {
+    pub(super) async fn create_user(
+        &self,
+        user: &User,
+        token_hash: &str,
+        audit: Vec<NewAudit>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO users (user_id, roles, grants, revokes, created_at) VALUES ($1,$2,$3,$4,$5)",
@@ -109,7 +114,11 @@ impl PostgresStore {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn user_by_token(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<User>> {
+    pub(super) async fn user_by_token(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>> {
         sqlx::query(
             "SELECT u.* FROM tokens t JOIN users u ON u.user_id = t.user_id \
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)",
@@ -123,7 +132,10 @@ impl PostgresStore {
         .transpose()
     }
 
-    pub(super) async fn token_expiry(&self, token_hash: &str) -> Result<Option<Option<DateTime<Utc>>>> {
+    pub(super) async fn token_expiry(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<Option<DateTime<Utc>>>> {
         let row: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
             "SELECT expires_at FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL",
         )
