@@ -18,7 +18,7 @@
 #
 # Environment: PGHOST (127.0.0.1), PGPORT (5432), PGUSER (postgres) for createdb/dropdb and the
 # nodes; CONFIG=file.toml given to every node, the same for both backends; SWITCHBOARD_LOG (warn);
-# NO_BUILD=1 to use the release binary as it is; BUN=path to a bun binary (else fetched once into
+# NO_BUILD=1 to use the release binary as it is; SB=path to another binary (no build); BUN=path to a bun binary (else fetched once into
 # target/bench-bin with `npm pack`, as compare.sh does); BENCH=path to ../shared/bench.
 set -u
 project=$(pwd)
@@ -32,8 +32,8 @@ bun=${BUN:-$bins/package/bin/bun}
 if [ ! -x "$bun" ]; then
   mkdir -p "$bins" && (cd "$bins" && npm pack -q @oven/bun-linux-x64@1.4.5 >/dev/null 2>&1 && tar xzf oven-bun-linux-x64-*.tgz) || { echo "cannot install bun"; exit 1; }
 fi
-[ -n "${NO_BUILD:-}" ] || nice -n 10 cargo build --release --quiet || { echo "cargo build --release fails"; exit 1; }
-sb=$project/target/release/switchboard
+[ -n "${NO_BUILD:-}${SB:-}" ] || nice -n 10 cargo build --release --quiet || { echo "cargo build --release fails"; exit 1; }
+sb=${SB:-$project/target/release/switchboard}
 admin=perf-admin-token-0123456789abcdef
 work=$(mktemp -d)
 results=$work/results.jsonl

@@ -15,19 +15,29 @@
 //! reading the stored events back; the node that wrote them publishes them
 //! directly and the [`fanout::Fanout`] skips what was already published.
 //! Work distribution and leases live in [`cluster`].
+//!
+//! The [`Store`] methods below hand over to the file of their concern:
+//! [`users`] (users, tokens), [`sessions`] (sessions, devices, nonces),
+//! [`tasks`] (reading tasks and events), [`audit`] (the audit log).
 
 mod append;
+mod audit;
+mod claims;
 mod cluster;
 mod counts;
 mod fanout;
 mod listen;
 mod lock;
 mod notify;
+mod pipeline;
 mod plan;
 mod projects;
 mod prune;
 mod rows;
+mod sessions;
 mod storage;
+mod tasks;
+mod users;
 mod write;
 
 pub use listen::listener_application_name;
@@ -51,15 +61,10 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::event::StoredEvent;
 use crate::session::Session;
-use crate::store::query::{self, Arg, Dialect, Filtered};
 use crate::store::{Append, AuditQuery, Rejected, Signal, Stats, Store, TaskFilter};
 use crate::task::Task;
 use fanout::Fanout;
 pub(crate) use rows::task_from;
-use rows::{
-    TASK_COLUMNS, audit_from, bind, checkpoint_from, device_from, event_from, json, session_from,
-    user_from,
-};
 use write::write_audit;
 
 /// Channel of stored-event notifications: `s <session> <from> <to>` or `a <from> <to>`.
@@ -82,7 +87,10 @@ pub struct PostgresStore {
     signals: broadcast::Sender<Signal>,
     /// This node and its lease, once known: the claim of the new tasks a
     /// batch also starts ([`crate::store::Cluster::claim_own_starts`]).
-    claimant: std::sync::OnceLock<(String, f64)>,
+    /// Shared by every clone (the committer runs on one).
+    claimant: Arc<std::sync::OnceLock<(String, f64)>>,
+    /// Claims of single submitted tasks, committed together.
+    claims: claims::Claims,
 }
 
 impl PostgresStore {
@@ -101,11 +109,12 @@ impl PostgresStore {
             .run(&pool)
             .await?;
         Ok(PostgresStore {
-            pool,
             options,
             fanout: Arc::new(Fanout::new(bus)),
             signals: broadcast::channel(1024).0,
-            claimant: std::sync::OnceLock::new(),
+            claimant: Arc::new(std::sync::OnceLock::new()),
+            claims: claims::Claims::spawn(pool.clone()),
+            pool,
         })
     }
 
@@ -138,63 +147,23 @@ impl Store for PostgresStore {
     }
 
     async fn user_count(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(&self.pool)
-            .await?)
+        self.user_count().await
     }
 
     async fn create_user(&self, user: &User, token_hash: &str, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (user_id, roles, grants, revokes, created_at) VALUES ($1,$2,$3,$4,$5)",
-        )
-        .bind(&user.user_id)
-        .bind(json(&user.roles))
-        .bind(json(&user.grants))
-        .bind(json(&user.revokes))
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO tokens (token_hash, user_id, created_at) VALUES ($1,$2,$3)")
-            .bind(token_hash)
-            .bind(&user.user_id)
-            .bind(user.created_at)
-            .execute(&mut *tx)
-            .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(())
+        self.create_user(user, token_hash, audit).await
     }
 
     async fn get_user(&self, user_id: &str) -> Result<Option<User>> {
-        sqlx::query("SELECT * FROM users WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(user_from)
-            .transpose()
+        self.get_user(user_id).await
     }
 
     async fn list_users(&self) -> Result<Vec<User>> {
-        sqlx::query("SELECT * FROM users ORDER BY user_id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(user_from)
-            .collect()
+        self.list_users().await
     }
 
     async fn update_user(&self, user: &User, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE users SET roles = $1, grants = $2, revokes = $3 WHERE user_id = $4")
-            .bind(json(&user.roles))
-            .bind(json(&user.grants))
-            .bind(json(&user.revokes))
-            .bind(&user.user_id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(())
+        self.update_user(user, audit).await
     }
 
     async fn add_token(
@@ -205,18 +174,8 @@ impl Store for PostgresStore {
         expires_at: Option<DateTime<Utc>>,
         audit: Vec<NewAudit>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO tokens (token_hash, user_id, created_at, expires_at) VALUES ($1,$2,$3,$4)",
-        )
-        .bind(token_hash)
-        .bind(user_id)
-        .bind(at)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(())
+        self.add_token(user_id, token_hash, at, expires_at, audit)
+            .await
     }
 
     async fn revoke_tokens(
@@ -225,88 +184,27 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         audit: Vec<NewAudit>,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(at)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(done.rows_affected())
+        self.revoke_tokens(user_id, at, audit).await
     }
 
     async fn user_by_token(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<User>> {
-        sqlx::query(
-            "SELECT u.* FROM tokens t JOIN users u ON u.user_id = t.user_id \
-             WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2)",
-        )
-        .bind(token_hash)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(user_from)
-        .transpose()
+        self.user_by_token(token_hash, now).await
     }
 
     async fn create_session(&self, s: &Session, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO sessions (session_id, user_id, device_id, created_at, last_activity, permissions, state, \
-             last_seq, is_default) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-        )
-        .bind(s.session_id)
-        .bind(&s.user_id)
-        .bind(&s.device_id)
-        .bind(s.created_at)
-        .bind(s.last_activity)
-        .bind(json(&s.permissions))
-        .bind(s.state.as_str())
-        .bind(s.last_seq)
-        .bind(s.is_default)
-        .execute(&mut *tx)
-        .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(())
+        self.create_session(s, audit).await
     }
 
     async fn get_session(&self, session_id: Uuid) -> Result<Option<Session>> {
-        sqlx::query("SELECT * FROM sessions WHERE session_id = $1")
-            .bind(session_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(session_from)
-            .transpose()
+        self.get_session(session_id).await
     }
 
     async fn default_session(&self, user_id: &str) -> Result<Option<Session>> {
-        sqlx::query("SELECT * FROM sessions WHERE user_id = $1 AND is_default AND state = 'active'")
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(session_from)
-            .transpose()
+        self.default_session(user_id).await
     }
 
     async fn list_sessions(&self, user_id: Option<&str>) -> Result<Vec<Session>> {
-        let order = " ORDER BY created_at DESC";
-        let q = query::of_user(
-            Dialect::Postgres,
-            "SELECT * FROM sessions",
-            "user_id = ?",
-            user_id,
-            order,
-        );
-        bind(sqlx::query(&q.sql), q.args)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(session_from)
-            .collect()
+        self.list_sessions(user_id).await
     }
 
     async fn end_session(
@@ -315,16 +213,7 @@ impl Store for PostgresStore {
         at: DateTime<Utc>,
         audit: Vec<NewAudit>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE sessions SET state = 'ended', last_activity = $1 WHERE session_id = $2",
-        )
-        .bind(at)
-        .bind(session_id)
-        .execute(&mut *tx)
-        .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(())
+        self.end_session(session_id, at, audit).await
     }
 
     async fn append(&self, batch: Vec<Append>) -> Result<Vec<Result<StoredEvent, Rejected>>> {
@@ -332,64 +221,23 @@ impl Store for PostgresStore {
     }
 
     async fn get_task(&self, task_id: Uuid) -> Result<Option<Task>> {
-        sqlx::query("SELECT * FROM tasks WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(task_from)
-            .transpose()
+        self.get_task(task_id).await
     }
 
     async fn task_by_idempotency_key(&self, user_id: &str, key: &str) -> Result<Option<Task>> {
-        sqlx::query("SELECT * FROM tasks WHERE user_id = $1 AND idempotency_key = $2")
-            .bind(user_id)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(task_from)
-            .transpose()
+        self.task_by_idempotency_key(user_id, key).await
     }
 
     async fn list_tasks(&self, f: &TaskFilter) -> Result<Vec<Task>> {
-        let mut q = Filtered::new(Dialect::Postgres, "SELECT * FROM tasks");
-        query::tasks(&mut q, &TASK_COLUMNS, f, true);
-        if let Some((at, id)) = f.before {
-            q.push(" AND (created_at, task_id) < (?", Some(Arg::Time(at)))
-                .push(", ?)", Some(Arg::Uuid(id)));
-        }
-        q.push(
-            " ORDER BY created_at DESC, task_id DESC LIMIT ?",
-            Some(Arg::Int(f.limit)),
-        );
-        bind(sqlx::query(&q.sql), q.args)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(task_from)
-            .collect()
+        self.list_tasks(f).await
     }
 
     async fn unfinished_tasks(&self) -> Result<Vec<Task>> {
-        sqlx::query(
-            "SELECT * FROM tasks WHERE state NOT IN ('completed', 'failed', 'cancelled') ORDER BY created_at",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(task_from)
-        .collect()
+        self.unfinished_tasks().await
     }
 
     async fn task_events(&self, task_id: Uuid) -> Result<Vec<StoredEvent>> {
-        sqlx::query("SELECT * FROM events WHERE task_id = $1 ORDER BY seq")
-            .bind(task_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(event_from)
-            .collect()
+        self.task_events(task_id).await
     }
 
     async fn events_after(
@@ -398,184 +246,73 @@ impl Store for PostgresStore {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>> {
-        sqlx::query("SELECT * FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
-            .bind(session_id)
-            .bind(after_seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(event_from)
-            .collect()
+        self.events_after(session_id, after_seq, limit).await
     }
 
     async fn audit(&self, records: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let audit = write_audit(&mut tx, records).await?;
-        tx.commit().await?;
-        self.fanout.publish(&[], &audit);
-        Ok(())
+        self.audit(records).await
     }
 
     async fn audit_query(&self, f: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let q = query::audit(Dialect::Postgres, "SELECT * FROM audit", f);
-        bind(sqlx::query(&q.sql), q.args)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(audit_from)
-            .collect()
+        self.audit_query(f).await
     }
 
     async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
-        sqlx::query("SELECT * FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after_seq)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(audit_from)
-            .collect()
+        self.audit_after(after_seq, limit).await
     }
 
     async fn audit_last_seq(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::BIGINT FROM audit")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        self.audit_last_seq().await
     }
 
     async fn stats(&self) -> Result<Stats> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM tasks GROUP BY state")
-                .fetch_all(&self.pool)
-                .await?;
-        let active_sessions =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE state = 'active'")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(Stats {
-            tasks_by_state: query::by_state(rows),
-            active_sessions,
-        })
+        self.stats().await
     }
 
     fn cluster(&self) -> Option<&dyn crate::store::Cluster> {
         Some(self)
     }
 
+    fn own_writer(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<(crate::store::EventWriter, tokio::task::JoinHandle<()>)> {
+        Some(pipeline::spawn(self.clone(), stop))
+    }
+
     async fn token_expiry(&self, token_hash: &str) -> Result<Option<Option<DateTime<Utc>>>> {
-        let row: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
-            "SELECT expires_at FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(e,)| e))
+        self.token_expiry(token_hash).await
     }
 
     async fn count_active_tasks(&self, user_id: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tasks WHERE user_id = $1 AND state NOT IN ('completed', 'failed', 'cancelled')",
-        )
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await?)
+        self.count_active_tasks(user_id).await
     }
 
     async fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, head, at, key_id, signature) VALUES ($1,$2,$3,$4,$5) \
-             ON CONFLICT (seq) DO NOTHING",
-        )
-        .bind(cp.seq)
-        .bind(&cp.head)
-        .bind(cp.at)
-        .bind(&cp.key_id)
-        .bind(&cp.signature)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.add_checkpoint(cp).await
     }
 
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
-        sqlx::query("SELECT seq, head, at, key_id, signature FROM audit_checkpoints ORDER BY seq")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(checkpoint_from)
-            .collect()
+        self.checkpoints().await
     }
 
     async fn put_device(&self, d: &Device, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO devices (device_id, user_id, name, public_key, state, first_seen, last_seen, decided_by) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, \
-             public_key = excluded.public_key, state = excluded.state, last_seen = excluded.last_seen, \
-             first_seen = excluded.first_seen, decided_by = excluded.decided_by",
-        )
-        .bind(&d.device_id)
-        .bind(&d.user_id)
-        .bind(&d.name)
-        .bind(&d.public_key)
-        .bind(d.state.as_str())
-        .bind(d.first_seen)
-        .bind(d.last_seen)
-        .bind(&d.decided_by)
-        .execute(&mut *tx)
-        .await?;
-        self.commit_audited(tx, audit).await?;
-        Ok(())
+        self.put_device(d, audit).await
     }
 
     async fn get_device(&self, device_id: &str) -> Result<Option<Device>> {
-        sqlx::query("SELECT * FROM devices WHERE device_id = $1")
-            .bind(device_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(device_from)
-            .transpose()
+        self.get_device(device_id).await
     }
 
     async fn list_devices(&self, user_id: Option<&str>) -> Result<Vec<Device>> {
-        let order = " ORDER BY first_seen";
-        let q = query::of_user(
-            Dialect::Postgres,
-            "SELECT * FROM devices",
-            "user_id = ?",
-            user_id,
-            order,
-        );
-        bind(sqlx::query(&q.sql), q.args)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(device_from)
-            .collect()
+        self.list_devices(user_id).await
     }
 
     async fn add_nonce(&self, nonce: &str, user_id: &str, expires_at: DateTime<Utc>) -> Result<()> {
-        sqlx::query("INSERT INTO device_nonces (nonce, user_id, expires_at) VALUES ($1,$2,$3)")
-            .bind(nonce)
-            .bind(user_id)
-            .bind(expires_at)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.add_nonce(nonce, user_id, expires_at).await
     }
 
     async fn use_nonce(&self, nonce: &str, user_id: &str, now: DateTime<Utc>) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE device_nonces SET used = TRUE WHERE nonce = $1 AND user_id = $2 AND NOT used AND expires_at > $3",
-        )
-        .bind(nonce)
-        .bind(user_id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.use_nonce(nonce, user_id, now).await
     }
 }

@@ -153,7 +153,7 @@ enum Sink {
 
 /// What the batching committer is sent: appends that share a commit
 /// (retried together too, should their batch fail).
-type Job = Vec<(Append, Reply)>;
+pub(crate) type Job = Vec<(Append, Reply)>;
 
 /// A handle to the committer; cheap to clone.
 #[derive(Clone, Debug)]
@@ -180,6 +180,14 @@ impl EventWriter {
     pub(crate) fn sqlite(jobs: mpsc::Sender<super::sqlite::Job>) -> Self {
         EventWriter {
             sink: Sink::Sqlite(jobs),
+        }
+    }
+
+    /// A writer into a store's own batching committer, which receives
+    /// what [`gather`] collects.
+    pub(crate) fn batched(jobs: mpsc::Sender<Job>) -> Self {
+        EventWriter {
+            sink: Sink::Batched(jobs),
         }
     }
 
@@ -276,29 +284,39 @@ impl EventWriter {
 
 async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
     let mut batch = Batch::default();
-    loop {
-        let first = tokio::select! {
-            biased;
-            item = rx.recv() => item,
-            _ = stop.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(first) = first else { break };
-        batch.push(first);
-        drain(&mut rx, &mut batch);
-        if batch.items.len() < MAX_BATCH {
-            // Let the tasks woken by the last commit run first: they append
-            // their next events now, and those join this batch instead of
-            // paying for a commit of their own. Costs nothing when idle.
-            tokio::task::yield_now().await;
-            drain(&mut rx, &mut batch);
-        }
+    while gather(&mut rx, &stop, &mut batch).await {
         commit(store.as_ref(), &mut batch).await;
     }
 }
 
+/// Wait for the next batch and gather it into `batch`: false once `stop`
+/// is cancelled and the queue is empty.
+pub(crate) async fn gather(
+    rx: &mut mpsc::Receiver<Job>,
+    stop: &CancellationToken,
+    batch: &mut Batch,
+) -> bool {
+    let first = tokio::select! {
+        biased;
+        item = rx.recv() => item,
+        _ = stop.cancelled() => rx.try_recv().ok(),
+    };
+    let Some(first) = first else { return false };
+    batch.push(first);
+    drain(rx, batch);
+    if batch.items.len() < MAX_BATCH {
+        // Let the tasks woken by the last commit run first: they append
+        // their next events now, and those join this batch instead of
+        // paying for a commit of their own. Costs nothing when idle.
+        tokio::task::yield_now().await;
+        drain(rx, batch);
+    }
+    true
+}
+
 /// The appends of one commit, and the size of each job they came in.
 #[derive(Default)]
-struct Batch {
+pub(crate) struct Batch {
     items: Vec<(Append, Reply)>,
     jobs: Vec<usize>,
 }
@@ -307,6 +325,13 @@ impl Batch {
     fn push(&mut self, job: Job) {
         self.jobs.push(job.len());
         self.items.extend(job);
+    }
+
+    /// Empty the batch: its appends, their replies, and the size of each
+    /// job they came in (in order).
+    pub(crate) fn take(&mut self) -> (Vec<Append>, Vec<Reply>, Vec<usize>) {
+        let (appends, replies) = self.items.drain(..).unzip();
+        (appends, replies, std::mem::take(&mut self.jobs))
     }
 }
 
@@ -321,8 +346,7 @@ fn drain(rx: &mut mpsc::Receiver<Job>, batch: &mut Batch) {
 }
 
 async fn commit(store: &dyn Store, batch: &mut Batch) {
-    let (appends, replies): (Vec<_>, Vec<_>) = batch.items.drain(..).unzip();
-    let jobs = std::mem::take(&mut batch.jobs);
+    let (appends, replies, jobs) = batch.take();
     metrics::histogram!("switchboard_commit_batch_size").record(appends.len() as f64);
     let retry = (jobs.len() > 1).then(|| appends.clone());
     let started = std::time::Instant::now();
@@ -330,22 +354,32 @@ async fn commit(store: &dyn Store, batch: &mut Batch) {
     metrics::histogram!("switchboard_commit_seconds").record(started.elapsed().as_secs_f64());
     match outcome {
         Err(_) if retry.is_some() => {
-            // One bad job must not fail its neighbours: retry job by job.
-            let mut appends = retry.unwrap_or_default().into_iter();
-            let mut replies = replies.into_iter();
-            for len in jobs {
-                let job: Vec<Append> = appends.by_ref().take(len).collect();
-                let job_replies: Vec<Reply> = replies.by_ref().take(len).collect();
-                answer(job_replies, store.append(job).await);
-            }
+            job_by_job(store, retry.unwrap_or_default(), replies, jobs).await;
         }
         outcome => answer(replies, outcome),
     }
 }
 
+/// After a failed commit of several jobs: store them job by job, so that
+/// one bad job does not fail its neighbours.
+pub(crate) async fn job_by_job(
+    store: &dyn Store,
+    appends: Vec<Append>,
+    replies: Vec<Reply>,
+    jobs: Vec<usize>,
+) {
+    let mut appends = appends.into_iter();
+    let mut replies = replies.into_iter();
+    for len in jobs {
+        let job: Vec<Append> = appends.by_ref().take(len).collect();
+        let job_replies: Vec<Reply> = replies.by_ref().take(len).collect();
+        answer(job_replies, store.append(job).await);
+    }
+}
+
 /// Answer each append of a commit; when it failed, the first append gets
 /// the error (the others' waiters see the writer gone).
-fn answer(replies: Vec<Reply>, outcome: Result<Vec<Result<StoredEvent, Rejected>>>) {
+pub(crate) fn answer(replies: Vec<Reply>, outcome: Result<Vec<Result<StoredEvent, Rejected>>>) {
     match outcome {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {

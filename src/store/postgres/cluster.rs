@@ -83,16 +83,7 @@ impl Cluster for PostgresStore {
     }
 
     async fn claim_task(&self, task_id: Uuid, node_id: &str, lease: Duration) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE tasks SET node_id = $2, lease_until = now() + make_interval(secs => $3) \
-             WHERE task_id = $1 AND node_id IS NULL AND state = 'pending'",
-        )
-        .bind(task_id)
-        .bind(node_id)
-        .bind(secs(lease))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.claims.claim(task_id, node_id, lease).await
     }
 
     fn claim_own_starts(&self, node_id: &str, lease: Duration) {

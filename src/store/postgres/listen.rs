@@ -17,7 +17,7 @@ use super::{CONTROL_CHANNEL, EVENTS_CHANNEL, PostgresStore, TASKS_CHANNEL, notif
 use crate::bus::Backlog;
 use crate::event::StreamKey;
 use crate::protocol::ws::tasks_lagged_frame;
-use crate::store::{Signal, Store};
+use crate::store::Signal;
 
 /// Most events republished per stream after a reconnect.
 const CATCH_UP: i64 = 64;

@@ -134,3 +134,38 @@ const LOCK: &str = "WITH s AS (\
 UNION ALL SELECT 1, task_id, NULL, state, NULL, NULL FROM t \
 UNION ALL SELECT 2, task_id, NULL, NULL, NULL, NULL FROM ins \
 UNION ALL SELECT 3, NULL, NULL, NULL, seq, hash FROM h";
+
+/// Lock and read the tasks of `touched` (sorted) that the locking
+/// statement did not see. A statement sees the rows committed when it
+/// began: a task inserted by the batch committing just before this one
+/// (see [`super::pipeline`]) is new to it, though its session's lock,
+/// taken in the same statement, waited for that commit. A second statement
+/// sees it. Usually there is none to read (no round trip).
+///
+/// Taken after the audit head, out of the usual order; that cannot
+/// deadlock: every other writer that locks a task of this batch and then
+/// waits locks its session first, and this batch holds that.
+pub(super) async fn relock_missing(
+    tx: &mut Transaction<'_, Postgres>,
+    touched: &[Uuid],
+    locked: &mut Locked,
+) -> Result<()> {
+    let missing: Vec<Uuid> = touched
+        .iter()
+        .filter(|id| !locked.tasks.contains_key(id))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT task_id, state FROM tasks WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE",
+    )
+    .bind(&missing)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (id, state) in rows {
+        locked.tasks.insert(id, state.parse().map_err(corrupt)?);
+    }
+    Ok(())
+}
