@@ -192,36 +192,39 @@ impl TestServer {
     /// Poll a task's state until it is terminal (REST only; WebSocket tests
     /// watch events instead).
     pub async fn wait_terminal(&self, token: &str, task_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (status, body) = self
-                .get(&format!("/api/runtime/tasks/{task_id}/state"), token)
-                .await;
+        self.poll_task(token, task_id, "never ended", |status, body| {
             assert_eq!(status, 200, "{body}");
-            if ["completed", "failed", "cancelled"].contains(&body["state"].as_str().unwrap()) {
-                return body;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "task never ended: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            ["completed", "failed", "cancelled"].contains(&body["state"].as_str().unwrap())
+        })
+        .await
     }
 
     /// Poll until a task is in `state`.
     pub async fn wait_state(&self, token: &str, task_id: &str, state: &str) -> Value {
+        let what = format!("never reached {state}");
+        self.poll_task(token, task_id, &what, |_, body| body["state"] == state)
+            .await
+    }
+
+    /// Poll a task's state as `token` until `done` holds for the answer's
+    /// status and body; past [`WAIT`], fail saying the task `what`.
+    async fn poll_task(
+        &self,
+        token: &str,
+        task_id: &str,
+        what: &str,
+        mut done: impl FnMut(u16, &Value) -> bool,
+    ) -> Value {
+        let path = format!("/api/runtime/tasks/{task_id}/state");
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let (_, body) = self
-                .get(&format!("/api/runtime/tasks/{task_id}/state"), token)
-                .await;
-            if body["state"] == state {
+            let (status, body) = self.get(&path, token).await;
+            if done(status, &body) {
                 return body;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "task never reached {state}: {body}"
+                "task {what}: {body}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
