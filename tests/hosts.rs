@@ -192,7 +192,7 @@ async fn max_concurrent_holds_and_work_spreads_over_hosts() {
         s.wait_state(&s.admin, id, "running").await;
     }
     for id in &ids[1..] {
-        s.cancel(&s.admin, &id).await;
+        s.cancel(&s.admin, id).await;
     }
     wait_hosts(&s.base, |l| l.iter().all(|h| h["running"] == 0)).await;
     drop((a, b));

@@ -316,7 +316,7 @@ mod suite {
         }));
         let mut small = vec![first];
         small.extend(made.await);
-        let tasks: Vec<Task> = small.iter().map(task).collect();
+        let tasks: Vec<Task> = small.iter().map(echo_task).collect();
         all(&store, &tasks, |t| state(t, None, TaskState::Pending, old)).await;
         let (p, r, c) = (TaskState::Pending, TaskState::Running, TaskState::Completed);
         all(&store, &tasks, |t| state(t, Some(p), r, old)).await;

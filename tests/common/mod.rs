@@ -21,8 +21,12 @@ use switchboard::config::{Config, FileConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+// Each test binary uses some of these; the others are unused there.
+#[allow(unused_imports)]
 pub use binary::{BinaryServer, db_in, drain_lines, free_port};
+#[allow(unused_imports)]
 pub use pg::PgDb;
+#[allow(unused_imports)]
 pub use ws::{Closed, WsClient, assert_gapless, output_text, seqs, state_names};
 
 /// The bootstrap admin's token in every test node.
