@@ -491,13 +491,7 @@ async fn cancel_mid_stream_drops_the_connection() {
     let server = TestServer::spawn_with(config(&http_agent("a", "openai", &fake.base, ""))).await;
     let id = submit(&server, "a", "p", json!({})).await;
     wait_output(&server, &id, "first words").await;
-    let (status, body) = server
-        .post(
-            &format!("/api/runtime/tasks/{id}/cancel"),
-            &server.admin,
-            json!({}),
-        )
-        .await;
+    let (status, body) = server.cancel(&server.admin, &id).await;
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(2);
     while fake.client_closed() == 0 {
@@ -782,13 +776,7 @@ async fn cancel_kills_the_process_tree() {
     let server = TestServer::spawn_with(config(&cfg)).await;
     let id = submit(&server, "tree", "p", json!({})).await;
     wait_output(&server, &id, "started").await;
-    let (status, _) = server
-        .post(
-            &format!("/api/runtime/tasks/{id}/cancel"),
-            &server.admin,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.cancel(&server.admin, &id).await;
     assert_eq!(status, 200);
     assert_all_gone(&pids, Duration::from_secs(5)).await;
     assert_eq!(

@@ -591,13 +591,7 @@ async fn screenshots_of_every_view() {
         tasks.push(t["task_id"].as_str().unwrap().to_owned());
     }
     server.wait_state(ADMIN_TOKEN, &tasks[2], "running").await;
-    let (status, body) = server
-        .post(
-            &format!("/api/runtime/tasks/{}/cancel", tasks[2]),
-            ADMIN_TOKEN,
-            json!({}),
-        )
-        .await;
+    let (status, body) = server.cancel(ADMIN_TOKEN, &tasks[2]).await;
     assert_eq!(status, 200, "{body}");
     server.wait_state(ADMIN_TOKEN, &tasks[3], "waiting").await;
     for id in [&tasks[0], &tasks[1], &tasks[5]] {

@@ -270,13 +270,8 @@ async fn run_json_lines_parse() {
     assert_eq!(out.code, 0, "{out:?}");
     let lines = out.json_lines();
     assert!(lines.iter().all(|l| l["op"] == "event"));
-    assert_eq!(seqs(&lines), (1..=lines.len() as i64).collect::<Vec<_>>());
-    let text: String = lines
-        .iter()
-        .filter(|l| l["type"] == "task.output")
-        .map(|l| l["data"]["chunk"].as_str().unwrap())
-        .collect();
-    assert_eq!(text, prompt);
+    assert_gapless(&lines);
+    assert_eq!(output_text(&lines), prompt);
     assert_eq!(lines.last().unwrap()["data"]["state"], "completed");
 
     let bad = c.run(&["run", "--json", "nope", "x"]).await;

@@ -101,18 +101,10 @@ async fn agent_only_on_b_runs_there_and_c_watches() {
     let id = task["task_id"].as_str().unwrap().to_owned();
 
     let events = watcher.until_terminal(&id).await;
-    assert_eq!(seqs(&events), (1..=events.len() as i64).collect::<Vec<_>>());
-    let states: Vec<_> = events
-        .iter()
-        .filter(|e| e["type"] == "task.state")
-        .map(|e| e["data"]["state"].as_str().unwrap())
-        .collect();
+    assert_gapless(&events);
+    let states = state_names(&events);
     assert_eq!(states, ["pending", "planning", "running", "completed"]);
-    let output: String = events
-        .iter()
-        .filter(|e| e["type"] == "task.output")
-        .map(|e| e["data"]["chunk"].as_str().unwrap())
-        .collect();
+    let output = output_text(&events);
     assert_eq!(output, prompt);
 
     let (_, state) = a
@@ -221,7 +213,7 @@ async fn concurrent_submits_across_nodes_keep_seq_gapless() {
             done == total
         })
         .await;
-    assert_eq!(seqs(&events), (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_gapless(&events);
     for id in &ids {
         let states: Vec<_> = events
             .iter()
@@ -283,12 +275,8 @@ async fn cut_notification_connection_loses_nothing() {
 
     let rest = ws.until_terminal(&id).await;
     let all: Vec<_> = first.into_iter().chain(rest).collect();
-    assert_eq!(seqs(&all), (1..=all.len() as i64).collect::<Vec<_>>());
-    let output: String = all
-        .iter()
-        .filter(|e| e["type"] == "task.output")
-        .map(|e| e["data"]["chunk"].as_str().unwrap())
-        .collect();
+    assert_gapless(&all);
+    let output = output_text(&all);
     assert_eq!(output, "abcdefghijklmnopqrstuvwxyz");
 
     // Cut again, and submit right away: whether the events are committed
@@ -465,13 +453,7 @@ async fn control_reaches_the_task_on_another_node() {
     // Cancel on C while B streams: cancelled, and no output after it.
     let id = submit(json!({"chunk_size": 1, "delay_ms": 50})).await;
     a.wait_task(&id, WAIT, |t| t["state"] == "running").await;
-    let (status, body) = c
-        .post(
-            &format!("/api/runtime/tasks/{id}/cancel"),
-            ADMIN_TOKEN,
-            json!({}),
-        )
-        .await;
+    let (status, body) = c.cancel(ADMIN_TOKEN, &id).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "cancelled");
     tokio::time::sleep(Duration::from_millis(300)).await;

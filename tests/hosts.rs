@@ -186,24 +186,13 @@ async fn max_concurrent_holds_and_work_spreads_over_hosts() {
         .get(&format!("/api/runtime/tasks/{}/state", ids[0]), &s.admin)
         .await;
     assert_eq!(first["state"], "running", "the first submitted runs first");
-    let (status, _) = s
-        .post(
-            &format!("/api/runtime/tasks/{}/cancel", ids[0]),
-            &s.admin,
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.cancel(&s.admin, &ids[0]).await;
     assert_eq!(status, 200);
     for id in &ids[1..] {
         s.wait_state(&s.admin, id, "running").await;
     }
     for id in &ids[1..] {
-        s.post(
-            &format!("/api/runtime/tasks/{id}/cancel"),
-            &s.admin,
-            json!({}),
-        )
-        .await;
+        s.cancel(&s.admin, id).await;
     }
     wait_hosts(&s.base, |l| l.iter().all(|h| h["running"] == 0)).await;
     drop((a, b));

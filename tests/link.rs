@@ -100,12 +100,7 @@ async fn frames_match_the_link_schemas() {
         (Some("answer"), Some("yes"))
     );
     check_frame("link-node-frame.json", &answer);
-    s.post(
-        &format!("/api/runtime/tasks/{id}/cancel"),
-        &s.admin,
-        json!({}),
-    )
-    .await;
+    s.cancel(&s.admin, &id).await;
     let cancel = link.read().await;
     assert_eq!(cancel["op"], "cancel", "{cancel}");
     check_frame("link-node-frame.json", &cancel);

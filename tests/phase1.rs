@@ -329,13 +329,7 @@ async fn execute_survives_disconnect_and_cancels(s: &TestServer) {
     wait_task(s, tid, "running").await;
     let (_, running) = s.get("/api/runtime/tasks?state=running", &s.admin).await;
     let engine = running[0]["task_id"].as_str().unwrap().to_owned();
-    let (status, _) = s
-        .post(
-            &format!("/api/runtime/tasks/{engine}/cancel"),
-            &s.admin,
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.cancel(&s.admin, &engine).await;
     assert_eq!(status, 200);
     let (status, e) = waiting.await.unwrap();
     assert_eq!(status, 200, "{e}");

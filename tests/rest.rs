@@ -866,13 +866,7 @@ async fn cancel_then_cancel_again() {
     let server = TestServer::spawn().await;
     let token = server.user("dev@team.com", &["developer"]).await;
     let id = waiting_task(&server, &token).await;
-    let (status, reply) = server
-        .post(
-            &format!("/api/runtime/tasks/{id}/cancel"),
-            &token,
-            json!({}),
-        )
-        .await;
+    let (status, reply) = server.cancel(&token, &id).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["success"], true);
     assert_eq!(reply["task_id"], id.as_str());
@@ -1609,9 +1603,7 @@ async fn every_contract_event_type_is_recorded() {
     )
     .await;
     let id = waiting_task(&server, &dev).await;
-    let (status, _) = server
-        .post(&format!("/api/runtime/tasks/{id}/cancel"), &dev, json!({}))
-        .await;
+    let (status, _) = server.cancel(&dev, &id).await;
     assert_eq!(status, 200);
     let (status, _) = server
         .delete(&format!("/api/runtime/sessions/{s}"), &dev)

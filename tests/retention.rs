@@ -184,14 +184,7 @@ async fn resume_into_pruned_events(server: TestServer) {
         "{storage}"
     );
     assert!(storage["last_prune"]["seconds"].is_f64(), "{storage}");
-    let metrics = http()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("switchboard_pruned_rows_total{kind=\"events\"}"),
         "{metrics}"

@@ -18,20 +18,12 @@ async fn seed_flow_over_rest_and_websocket() {
     assert_eq!(task["state"], "pending");
     assert_eq!(task["session_id"], hello["session_id"]);
     let events = ws.until_terminal(task["task_id"].as_str().unwrap()).await;
-    let seqs = seqs(&events);
-    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    let states: Vec<_> = events
-        .iter()
-        .filter(|e| e["type"] == "task.state")
-        .map(|e| e["data"]["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["pending", "planning", "running", "completed"]);
-    let output: String = events
-        .iter()
-        .filter(|e| e["type"] == "task.output")
-        .map(|e| e["data"]["chunk"].as_str().unwrap())
-        .collect();
-    assert_eq!(output, "hello there, websocket world");
+    assert_gapless(&events);
+    assert_eq!(
+        state_names(&events),
+        ["pending", "planning", "running", "completed"]
+    );
+    assert_eq!(output_text(&events), "hello there, websocket world");
     let state = server
         .get(
             &format!(

@@ -123,14 +123,7 @@ async fn admin_sees_storage_figures_that_follow_the_work() {
         .sum();
     assert!(kinds <= file, "the kinds fit in the file: {after}");
 
-    let text = server
-        .req(reqwest::Method::GET, "/metrics", None)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     for metric in [
         "switchboard_storage_rows{kind=\"events\"}",
         "switchboard_storage_rows{kind=\"audit\"}",

@@ -11,14 +11,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use common::tasks::{echo_task, output, state};
 use switchboard::auth::User;
 use switchboard::bus::Bus;
-use switchboard::event::{EventBody, OutputChunk, StateChange, now};
+use switchboard::event::{EventBody, now};
 use switchboard::rbac::Role;
 use switchboard::session::Session;
 use switchboard::store::postgres::PostgresStore;
-use switchboard::store::{Append, EventWriter, Store, TaskChange, Transition};
+use switchboard::store::{Append, EventWriter, Store};
 use switchboard::task::{Task, TaskState};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -32,75 +32,17 @@ const TASKS_PER_NODE: usize = 24;
 /// Output chunks per task.
 const CHUNKS: usize = 30;
 
-fn task(session: &Session) -> Task {
-    let at = now();
-    Task {
-        task_id: Uuid::now_v7(),
-        execution_uuid: Uuid::new_v4(),
-        session_id: session.session_id,
-        user_id: session.user_id.clone(),
-        agent_type: "echo".into(),
-        prompt: "p".into(),
-        context: json!({}),
-        params: json!({}),
-        state: TaskState::Pending,
-        result: None,
-        error: None,
-        metadata: json!({}),
-        idempotency_key: None,
-        created_at: at,
-        updated_at: at,
-        execution_time: None,
-    }
-}
-
-fn state(t: &Task, change: TaskChange, to: TaskState, prev: Option<TaskState>) -> Append {
-    Append {
-        session_id: t.session_id,
-        task_id: t.task_id,
-        at: now(),
-        body: EventBody::State(StateChange {
-            state: to,
-            prev_state: prev,
-            message: String::new(),
-            agent_type: None,
-        }),
-        change,
-        audit: vec![],
-    }
-}
-
+/// The transition of `t` from `from` to `to`, now.
 fn step(t: &Task, from: TaskState, to: TaskState) -> Append {
-    let tr = Transition {
-        from,
-        to,
-        result: (to == TaskState::Completed).then(|| "ok".into()),
-        error: None,
-        execution_time: None,
-    };
-    state(t, TaskChange::Transition(tr), to, Some(from))
-}
-
-fn output(t: &Task, i: usize) -> Append {
-    Append {
-        session_id: t.session_id,
-        task_id: t.task_id,
-        at: now(),
-        body: EventBody::Output(OutputChunk {
-            chunk: format!("{i} "),
-        }),
-        change: TaskChange::Require(TaskState::Running),
-        audit: vec![],
-    }
+    state(t, Some(from), to, now())
 }
 
 /// One task's whole life through `writer`: the insert and its first steps
 /// queued together, its output pipelined, its completion awaited.
 async fn run_task(writer: EventWriter, t: Task) {
     use TaskState::*;
-    let insert = state(&t, TaskChange::Insert(Box::new(t.clone())), Pending, None);
     let first = vec![
-        insert,
+        state(&t, None, Pending, now()),
         step(&t, Pending, Planning),
         step(&t, Planning, Running),
     ];
@@ -109,7 +51,10 @@ async fn run_task(writer: EventWriter, t: Task) {
     }
     let pipe = Arc::default();
     for i in 0..CHUNKS {
-        writer.pipeline(output(&t, i), &pipe).await.unwrap();
+        writer
+            .pipeline(output(&t, now(), &format!("{i} ")), &pipe)
+            .await
+            .unwrap();
     }
     pipe.drained().await;
     assert!(!pipe.is_stopped(), "a chunk of {} was refused", t.task_id);
@@ -171,7 +116,7 @@ async fn appends_from_several_nodes_interleave_without_deadlock() {
         let (writer, done) = EventWriter::spawn(Arc::new(store.clone()), stop.clone());
         committers.push(done);
         for i in 0..TASKS_PER_NODE {
-            let t = task(&sessions[(n + i) % SESSIONS]);
+            let t = echo_task(&sessions[(n + i) % SESSIONS]);
             runs.push(tokio::spawn(run_task(writer.clone(), t)));
         }
     }

@@ -73,7 +73,7 @@ mod suite {
         let (store, _) = db.open().await;
         let old = now() - Duration::hours(2);
         let s = session(&store, "dev", old).await;
-        let (a, b, c) = (task(&s), task(&s), task(&s));
+        let (a, b, c) = (echo_task(&s), echo_task(&s), echo_task(&s));
         start(&store, &a, old).await; // 1, 2
         chunk(&store, &a, old).await; // 3
         start(&store, &b, old).await; // 4, 5: b keeps running
@@ -109,7 +109,7 @@ mod suite {
         );
         // A recent horizon removes nothing of a newer stream.
         let fresh = session(&store, "dev", now()).await;
-        let t = task(&fresh);
+        let t = echo_task(&fresh);
         start(&store, &t, now()).await;
         finish(&store, &t, now()).await;
         assert_eq!(prune_events(&store, horizon).await, 0);
@@ -122,7 +122,7 @@ mod suite {
         let (store, _) = db.open().await;
         let old = now() - Duration::hours(2);
         let s = session(&store, "dev", old).await;
-        let t = task(&s);
+        let t = echo_task(&s);
         start(&store, &t, old).await;
         finish(&store, &t, old).await; // seqs 1..=3
         prune_events(&store, now() - Duration::hours(1)).await;
@@ -133,7 +133,7 @@ mod suite {
         let (store, _) = db.open().await;
         let again = store.get_session(s.session_id).await.unwrap().unwrap();
         assert_eq!(again.last_seq, 3);
-        let next = task(&s);
+        let next = echo_task(&s);
         assert_eq!(start(&store, &next, now()).await, vec![4, 5]);
         assert_eq!(store.stream_floor(s.session_id).await.unwrap(), 3);
     }
@@ -145,7 +145,7 @@ mod suite {
         let (store, bus) = db.open().await;
         let old = now() - Duration::hours(2);
         let s = session(&store, "dev", old).await;
-        let (a, b) = (task(&s), task(&s));
+        let (a, b) = (echo_task(&s), echo_task(&s));
         start(&store, &a, old).await;
         finish(&store, &a, old).await; // 1..=3
         start(&store, &b, now()).await; // 4, 5
@@ -173,10 +173,10 @@ mod suite {
         let s = session(&store, "dev", old).await;
         let idle = session(&store, "dev", old).await;
         let fresh = session(&store, "dev", now()).await;
-        let t = task(&s);
+        let t = echo_task(&s);
         start(&store, &t, old).await;
         finish(&store, &t, old).await;
-        let running = task(&s);
+        let running = echo_task(&s);
         start(&store, &running, now()).await;
 
         // t still has events: not removed yet.
@@ -201,7 +201,7 @@ mod suite {
             0
         );
         // An append to the removed session is refused, not stored.
-        let late = task(&idle);
+        let late = echo_task(&idle);
         let refused = store
             .append(vec![state(&late, None, TaskState::Pending, now())])
             .await;
@@ -222,7 +222,7 @@ mod suite {
         // Old history to prune.
         for s in &sessions {
             for _ in 0..20 {
-                let t = task(s);
+                let t = echo_task(s);
                 start(&store, &t, old).await;
                 chunk(&store, &t, old).await;
                 finish(&store, &t, old).await;
@@ -233,7 +233,7 @@ mod suite {
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 for _ in 0..25 {
-                    let t = task(&s);
+                    let t = echo_task(&s);
                     let mut seqs = start(&store, &t, now()).await;
                     seqs.push(chunk(&store, &t, now()).await);
                     seqs.push(chunk(&store, &t, now()).await);
@@ -316,14 +316,14 @@ mod suite {
         }));
         let mut small = vec![first];
         small.extend(made.await);
-        let tasks: Vec<Task> = small.iter().map(task).collect();
+        let tasks: Vec<Task> = small.iter().map(echo_task).collect();
         all(&store, &tasks, |t| state(t, None, TaskState::Pending, old)).await;
         let (p, r, c) = (TaskState::Pending, TaskState::Running, TaskState::Completed);
         all(&store, &tasks, |t| state(t, Some(p), r, old)).await;
         all(&store, &tasks, |t| state(t, Some(r), c, old)).await;
         // A long stream: one task of LONG events.
         let long = session(&store, "dev", old).await;
-        let lt = task(&long);
+        let lt = echo_task(&long);
         start(&store, &lt, old).await;
         let body = || EventBody::Output(OutputChunk { chunk: "x".into() });
         let chunks = (0..LONG - 3)
@@ -335,12 +335,12 @@ mod suite {
         finish(&store, &lt, old).await;
         // A stream held by a running task; a fresh one.
         let held = session(&store, "dev", old).await;
-        let (a, b) = (task(&held), task(&held));
+        let (a, b) = (echo_task(&held), echo_task(&held));
         start(&store, &a, old).await;
         finish(&store, &a, old).await; // 1..=3
         start(&store, &b, old).await; // 4, 5: still running
         let fresh = session(&store, "dev", now()).await;
-        let f = task(&fresh);
+        let f = echo_task(&fresh);
         start(&store, &f, now()).await;
         finish(&store, &f, now()).await;
 

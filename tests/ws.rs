@@ -36,7 +36,7 @@ async fn events_arrive_in_order_with_gapless_seq() {
             done == 5
         })
         .await;
-    assert_eq!(seqs(&events), (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_gapless(&events);
     let stream = format!("session:{}", hello["session_id"].as_str().unwrap());
     for id in &ids {
         let mine: Vec<_> = events
@@ -44,11 +44,7 @@ async fn events_arrive_in_order_with_gapless_seq() {
             .filter(|e| e["task_id"] == id.as_str())
             .collect();
         assert!(mine.iter().all(|e| e["stream"] == stream.as_str()));
-        let states: Vec<_> = mine
-            .iter()
-            .filter(|e| e["type"] == "task.state")
-            .map(|e| e["data"]["state"].as_str().unwrap())
-            .collect();
+        let states = state_names(mine.iter().copied());
         assert_eq!(states, ["pending", "planning", "running", "completed"]);
         assert_eq!(mine[0]["data"]["agent_type"], "echo");
         assert_eq!(mine[0]["data"]["prev_state"], Value::Null);
@@ -101,12 +97,8 @@ async fn resume_after_disconnect_is_gapless() {
     assert!(hello2["last_seq"].as_i64().unwrap() >= last_seen);
     let rest = ws.until_terminal(task["task_id"].as_str().unwrap()).await;
     let all: Vec<Value> = first.into_iter().chain(rest).collect();
-    assert_eq!(seqs(&all), (1..=all.len() as i64).collect::<Vec<_>>());
-    let output: String = all
-        .iter()
-        .filter(|e| e["type"] == "task.output")
-        .map(|e| e["data"]["chunk"].as_str().unwrap())
-        .collect();
+    assert_gapless(&all);
+    let output = output_text(&all);
     assert_eq!(output, "abcdefghijklmnopqrstuvwxyz0123456789");
     server.stop().await;
 }
@@ -180,7 +172,7 @@ async fn resume_after_kill_9_restart_is_gapless() {
     let after = ws.until_terminal(&task_id).await;
     assert_eq!(after.last().unwrap()["seq"].as_i64().unwrap(), last);
     let all: Vec<Value> = before.into_iter().chain(after).collect();
-    assert_eq!(seqs(&all), (1..=all.len() as i64).collect::<Vec<_>>());
+    assert_gapless(&all);
     let end = all.last().unwrap();
     assert_eq!(end["data"]["state"], "failed");
     assert!(
@@ -225,14 +217,9 @@ async fn slow_reader_gets_every_event() {
     server.wait_terminal(&server.admin, &task_id).await;
     let events = ws.until_terminal(&task_id).await;
     assert_eq!(events.len(), n + 4);
-    assert_eq!(seqs(&events), (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_gapless(&events);
     // The catch-up path was taken, not just kernel buffering.
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let lagged: f64 = metrics
         .lines()
         .find(|l| l.starts_with("switchboard_subscriber_lagged_total"))
@@ -621,14 +608,7 @@ async fn stalled_subscribers_do_not_starve_the_store() {
 
 /// The value of a gauge on `/metrics` (0 when absent).
 async fn gauge(server: &TestServer, name: &str) -> f64 {
-    let text = http()
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().last())

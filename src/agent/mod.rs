@@ -73,6 +73,12 @@ impl AgentInfo {
             metadata,
         }
     }
+
+    /// Whether a submit to `name` runs on this agent: its `agent_type`, or
+    /// the `agent@host` address of a hosted one (`metadata.address`).
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.agent_type == name || self.metadata["address"] == name
+    }
 }
 
 /// What an agent is asked to do.

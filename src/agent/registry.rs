@@ -26,6 +26,28 @@ pub struct Skill {
     pub agents: Vec<String>,
 }
 
+impl Skill {
+    /// Whether the agent `info` provides this skill: the skill names it, or
+    /// it lists the skill among its capabilities.
+    pub fn offered_by(&self, info: &AgentInfo) -> bool {
+        self.agents.contains(&info.agent_type) || info.capabilities.contains(&self.skill_id)
+    }
+
+    /// Add to `names` each agent of `infos` that provides this skill and is
+    /// not there yet, in order.
+    pub fn add_providers<'a>(
+        &self,
+        names: &mut Vec<String>,
+        infos: impl IntoIterator<Item = &'a AgentInfo>,
+    ) {
+        for info in infos {
+            if self.offered_by(info) && !names.contains(&info.agent_type) {
+                names.push(info.agent_type.clone());
+            }
+        }
+    }
+}
+
 /// Agents that come and go while the node runs (those of linked remote
 /// hosts, see [`crate::link`]), consulted by [`AgentRegistry`] after its
 /// own.
@@ -229,12 +251,7 @@ impl AgentRegistry {
     pub fn providers(&self, skill: &Skill) -> Vec<String> {
         let mut agents = skill.agents.clone();
         if let Some(s) = self.extra.get() {
-            for info in s.list() {
-                let offers = info.capabilities.contains(&skill.skill_id);
-                if offers && !agents.contains(&info.agent_type) {
-                    agents.push(info.agent_type);
-                }
-            }
+            skill.add_providers(&mut agents, &s.list());
         }
         agents
     }
@@ -246,19 +263,26 @@ impl AgentRegistry {
             .filter(|a| self.get(a).is_some_and(|r| r.agent.info().available))
             .collect()
     }
+
+    /// The providers of `skill` ([`AgentRegistry::providers`]) and those
+    /// that can run now, each with the agents of `others` (such as other
+    /// nodes' live ones) that provide it.
+    pub fn providers_with(
+        &self,
+        skill: &Skill,
+        others: &[AgentInfo],
+    ) -> (Vec<String>, Vec<String>) {
+        let (mut all, mut available) = (self.providers(skill), self.available_providers(skill));
+        skill.add_providers(&mut all, others);
+        skill.add_providers(&mut available, others.iter().filter(|a| a.available));
+        (all, available)
+    }
 }
 
 /// A configured skill, with the agents providing it: those it names, then
 /// those listing it in their capabilities.
 fn resolve_skill(s: &crate::config::SkillConfig, all: &BTreeMap<String, Arc<Registered>>) -> Skill {
-    let mut agents = s.agents.clone();
-    for (name, reg) in all {
-        let offers = reg.agent.info().capabilities.contains(&s.skill_id);
-        if offers && !agents.contains(name) {
-            agents.push(name.clone());
-        }
-    }
-    Skill {
+    let mut skill = Skill {
         skill_id: s.skill_id.clone(),
         name: s.name.clone(),
         description: s.description.clone(),
@@ -267,6 +291,11 @@ fn resolve_skill(s: &crate::config::SkillConfig, all: &BTreeMap<String, Arc<Regi
             .iter()
             .filter_map(|p| p.parse().ok())
             .collect(),
-        agents,
-    }
+        agents: s.agents.clone(),
+    };
+    let infos: Vec<AgentInfo> = all.values().map(|r| r.agent.info()).collect();
+    let mut agents = skill.agents.clone();
+    skill.add_providers(&mut agents, &infos);
+    skill.agents = agents;
+    skill
 }

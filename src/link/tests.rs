@@ -7,17 +7,6 @@ use crate::protocol::link::{Offer, Report};
 use serde_json::json;
 use std::time::Duration;
 
-fn offer(name: &str, max: usize) -> Offer {
-    Offer {
-        agent_type: name.into(),
-        description: String::new(),
-        capabilities: Vec::new(),
-        max_concurrent: max,
-        kind: "echo".into(),
-        allowed_roles: None,
-    }
-}
-
 fn link(hosts: &Hosts, name: &str, max: usize) -> (u64, mpsc::Receiver<NodeFrame>) {
     let id = hosts.next_conn_id();
     let (tx, rx) = mpsc::channel(16);
@@ -25,7 +14,7 @@ fn link(hosts: &Hosts, name: &str, max: usize) -> (u64, mpsc::Receiver<NodeFrame
         name: name.into(),
         user_id: "u".into(),
         device_id: Some(format!("host-{name}")),
-        offers: vec![offer("echo", max)],
+        offers: vec![Offer::echo("echo", max)],
         running: Vec::new(),
     };
     hosts.link(who, super::LinkTx::new(id, tx)).unwrap();
@@ -124,7 +113,7 @@ async fn relinking_resumes_and_conflicts_are_refused() {
         name: "a".into(),
         user_id: "mallory".into(),
         device_id: None,
-        offers: vec![offer("echo", 1)],
+        offers: vec![Offer::echo("echo", 1)],
         running: vec![placed.task_id],
     };
     let err = hosts
@@ -136,7 +125,7 @@ async fn relinking_resumes_and_conflicts_are_refused() {
         name: "a".into(),
         user_id: "u".into(),
         device_id: Some("host-a".into()),
-        offers: vec![offer("echo", 1)],
+        offers: vec![Offer::echo("echo", 1)],
         running: vec![placed.task_id],
     };
     let resume = hosts

@@ -41,6 +41,22 @@ fn default_max() -> usize {
     crate::agent::DEFAULT_MAX_CONCURRENT
 }
 
+#[cfg(test)]
+impl Offer {
+    /// An `echo`-kind offer of `agent_type`, at most `max_concurrent` at
+    /// once, described by nothing else (for tests).
+    pub(crate) fn echo(agent_type: &str, max_concurrent: usize) -> Offer {
+        Offer {
+            agent_type: agent_type.into(),
+            description: String::new(),
+            capabilities: Vec::new(),
+            max_concurrent,
+            kind: "echo".into(),
+            allowed_roles: None,
+        }
+    }
+}
+
 /// A frame from the host.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]

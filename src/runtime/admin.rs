@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::audit::{NewAudit, kind};
-use crate::auth::{Principal, User, new_token, validate_user_id};
+use crate::auth::{Principal, User, hash_token, new_token, validate_user_id};
 use crate::error::{Error, Result};
 use crate::event::now;
 use crate::presence::CloseReason;
@@ -28,6 +28,39 @@ fn parse_permission(name: &str) -> Result<Permission> {
 }
 
 impl Runtime {
+    /// First start on an empty database: create `admin`. Returns the token
+    /// when it was generated (so the caller can show it once).
+    pub async fn bootstrap(&self, admin_token: Option<&str>) -> anyhow::Result<Option<String>> {
+        if self.store.user_count().await? > 0 {
+            return Ok(None);
+        }
+        let (token, generated) = match admin_token {
+            Some(t) => (t.to_owned(), false),
+            None => (new_token().0, true),
+        };
+        let user = User::new("admin", [Role::Admin].into(), now());
+        let audit = vec![
+            NewAudit::by(None, kind::USER_CREATED, "bootstrap")
+                .for_user("admin")
+                .resource("user", "admin")
+                .detail("roles", ["admin"]),
+            NewAudit::by(None, kind::TOKEN_ISSUED, "bootstrap")
+                .for_user("admin")
+                .resource("user", "admin"),
+        ];
+        match self
+            .store
+            .create_user(&user, &hash_token(&token), audit)
+            .await
+        {
+            Ok(()) => Ok(generated.then_some(token)),
+            // Another node sharing this empty database bootstrapped it at
+            // the same moment: its admin stands.
+            Err(Error::Conflict(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn user(&self, user_id: &str) -> Result<User> {
         self.store
             .get_user(user_id)

@@ -284,31 +284,7 @@ impl Runtime {
     /// principal to use (capped under `require` when untrusted).
     pub async fn admit_device(&self, mut p: Principal, proof: Proof) -> Result<Principal> {
         let policy = self.security.device_trust;
-        let device = match &p.device_id {
-            Some(id) => {
-                check_device_id(id)?;
-                match self.store.get_device(id).await? {
-                    Some(d) if d.user_id != p.user_id => {
-                        return Err(Error::Forbidden(format!(
-                            "device {id} belongs to another user"
-                        )));
-                    }
-                    Some(d) => Some(d),
-                    None if policy == TrustPolicy::Off => None,
-                    None => Some(
-                        self.register_device(
-                            &p,
-                            RegisterDevice {
-                                device_id: id.clone(),
-                                ..Default::default()
-                            },
-                        )
-                        .await?,
-                    ),
-                }
-            }
-            None => None,
-        };
+        let device = self.session_device(&p, policy).await?;
         if let Some(d) = &device {
             if d.state == DeviceState::Revoked {
                 return Err(Error::Forbidden(format!(
@@ -317,33 +293,7 @@ impl Runtime {
                 )));
             }
             if let Some(key) = &d.public_key {
-                let (Some(nonce), Some(sig)) = (&proof.nonce, &proof.signature) else {
-                    return Err(Error::DeviceProof(
-                        "this device has a key: sign a nonce from POST /api/devices/challenge and send device_nonce and device_signature".into(),
-                    ));
-                };
-                let valid = verify_proof(key, nonce, &p.user_id, &d.device_id, sig);
-                // The nonce is spent even by a wrong signature, so it cannot be retried.
-                let fresh = self.store.use_nonce(nonce, &p.user_id, now()).await?;
-                if !valid || !fresh {
-                    let record = NewAudit::by(Some(&p), kind::AUTH_FAILED, "device_proof")
-                        .resource("device", &d.device_id)
-                        .status(AuditStatus::Failure)
-                        .detail(
-                            "reason",
-                            if valid {
-                                "replayed or expired nonce"
-                            } else {
-                                "bad signature"
-                            },
-                        );
-                    self.store.audit(vec![record]).await?;
-                    return Err(Error::DeviceProof(if valid {
-                        "the nonce was already used or expired; fetch a new challenge".into()
-                    } else {
-                        "the device signature does not verify".into()
-                    }));
-                }
+                self.check_proof(&p, d, key, &proof).await?;
             }
         }
         // Under `require`, only a device that proved its key is trusted
@@ -372,6 +322,61 @@ impl Runtime {
             p.device_capped = true;
         }
         Ok(p)
+    }
+
+    /// The device a session of `p` comes from: none without a device id,
+    /// the stored one (which must be `p`'s), or, under a trust policy, one
+    /// registered now.
+    async fn session_device(&self, p: &Principal, policy: TrustPolicy) -> Result<Option<Device>> {
+        let Some(id) = &p.device_id else {
+            return Ok(None);
+        };
+        check_device_id(id)?;
+        match self.store.get_device(id).await? {
+            Some(d) if d.user_id != p.user_id => Err(Error::Forbidden(format!(
+                "device {id} belongs to another user"
+            ))),
+            Some(d) => Ok(Some(d)),
+            None if policy == TrustPolicy::Off => Ok(None),
+            None => {
+                let register = RegisterDevice {
+                    device_id: id.clone(),
+                    ..Default::default()
+                };
+                Ok(Some(self.register_device(p, register).await?))
+            }
+        }
+    }
+
+    /// Check that `proof` is a fresh nonce signed with device `d`'s `key`.
+    /// The nonce is spent even by a wrong signature, so it cannot be
+    /// retried; a failure is audited.
+    async fn check_proof(&self, p: &Principal, d: &Device, key: &str, proof: &Proof) -> Result<()> {
+        let (Some(nonce), Some(sig)) = (&proof.nonce, &proof.signature) else {
+            return Err(Error::DeviceProof(
+                "this device has a key: sign a nonce from POST /api/devices/challenge and send device_nonce and device_signature".into(),
+            ));
+        };
+        let valid = verify_proof(key, nonce, &p.user_id, &d.device_id, sig);
+        let fresh = self.store.use_nonce(nonce, &p.user_id, now()).await?;
+        if valid && fresh {
+            return Ok(());
+        }
+        let reason = if valid {
+            "replayed or expired nonce"
+        } else {
+            "bad signature"
+        };
+        let record = NewAudit::by(Some(p), kind::AUTH_FAILED, "device_proof")
+            .resource("device", &d.device_id)
+            .status(AuditStatus::Failure)
+            .detail("reason", reason);
+        self.store.audit(vec![record]).await?;
+        Err(Error::DeviceProof(if valid {
+            "the nonce was already used or expired; fetch a new challenge".into()
+        } else {
+            "the device signature does not verify".into()
+        }))
     }
 }
 

@@ -134,10 +134,10 @@ impl Runtime {
                 return Ok(true);
             }
         }
-        Ok(cluster.live_agents(self.lease()).await?.iter().any(|na| {
-            (na.info.agent_type == agent_type || na.info.metadata["address"] == agent_type)
-                && marked(&na.info)
-        }))
+        let live = cluster.live_agents(self.lease()).await?;
+        Ok(live
+            .iter()
+            .any(|na| na.info.answers_to(agent_type) && marked(&na.info)))
     }
 
     /// Move a started task back to `pending`, visibly, and give it to the
@@ -187,9 +187,32 @@ impl Runtime {
         self.release_lost(cluster, task, node, lost).await
     }
 
+    /// After a restart: tasks that were in flight when the node died are
+    /// failed with a clear reason (they are not resumed: an agent's side
+    /// effects cannot be assumed repeatable).
+    ///
+    /// With a shared store only this node's own tasks and those whose node
+    /// stopped renewing its lease are settled (see the top of this file:
+    /// not started ones go back to the pool, re-runnable ones start over,
+    /// the rest fail); other nodes' tasks run on.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        if let Some(cluster) = self.store.cluster() {
+            return self.recover_cluster(cluster).await;
+        }
+        let stale = self.store.unfinished_tasks().await?;
+        for task in &stale {
+            let reason = format!(
+                "the node restarted while this task was {}; it was not resumed",
+                task.state
+            );
+            self.engine.fail(&task.into(), task.state, &reason).await?;
+        }
+        Ok(stale.len())
+    }
+
     /// With a shared store, on start: settle this node's own unfinished
     /// tasks (it restarted) and those whose lease expired. Returns how many.
-    pub(crate) async fn recover_cluster(&self, cluster: &dyn Cluster) -> anyhow::Result<usize> {
+    async fn recover_cluster(&self, cluster: &dyn Cluster) -> anyhow::Result<usize> {
         let mine = cluster.owned_by(self.node_id()).await?;
         let expired = cluster.expired().await?;
         let node = self.node_id().to_owned();

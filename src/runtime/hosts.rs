@@ -169,9 +169,8 @@ impl Runtime {
         for (k, v) in details {
             record = record.detail(k, v);
         }
-        if let Err(e) = self.store.audit(vec![record]).await {
-            tracing::warn!(error = %e, host = %name, "could not audit a host link");
-        }
+        self.audit_or_warn(record, &format!("a host link ({name})"))
+            .await;
     }
 
     /// Record that host `name` reported on a task that is not its own.
@@ -181,9 +180,7 @@ impl Runtime {
             .status(AuditStatus::Denied)
             .detail("host", name)
             .detail("reason", "the task is not assigned to this host");
-        if let Err(e) = self.store.audit(vec![record]).await {
-            tracing::warn!(error = %e, "could not audit a refused host report");
-        }
+        self.audit_or_warn(record, "a refused host report").await;
     }
 
     /// Task counts per state over the caller's visible tasks (every user's
@@ -216,23 +213,12 @@ mod tests {
     use super::*;
     use crate::protocol::link::Offer;
 
-    fn offer(name: &str, max: usize) -> Offer {
-        Offer {
-            agent_type: name.into(),
-            description: String::new(),
-            capabilities: Vec::new(),
-            max_concurrent: max,
-            kind: "echo".into(),
-            allowed_roles: None,
-        }
-    }
-
     /// Names and offers are checked before anything is linked.
     #[test]
     fn hellos_are_checked() {
         let mut h = LinkHello {
             name: "laptop-1.lan".into(),
-            agents: vec![offer("echo", 1)],
+            agents: vec![Offer::echo("echo", 1)],
             ..Default::default()
         };
         assert!(check_hello(&h).is_ok());
@@ -242,10 +228,10 @@ mod tests {
         }
         h.name = "ok".into();
         for agents in [
-            vec![offer("a@b", 1)],
-            vec![offer("", 1)],
-            vec![offer("a", 0)],
-            vec![offer("a", 1), offer("a", 2)],
+            vec![Offer::echo("a@b", 1)],
+            vec![Offer::echo("", 1)],
+            vec![Offer::echo("a", 0)],
+            vec![Offer::echo("a", 1), Offer::echo("a", 2)],
         ] {
             h.agents = agents;
             assert!(check_hello(&h).is_err());

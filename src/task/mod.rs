@@ -46,3 +46,30 @@ pub struct Task {
     /// Seconds from submission to the terminal state.
     pub execution_time: Option<f64>,
 }
+
+impl Task {
+    /// A task of `user_id` for `agent_type` in session `session_id`,
+    /// `pending` as of now: fresh ids (the task's ordered by time), empty
+    /// context, params and metadata, no idempotency key.
+    pub fn pending(session_id: Uuid, user_id: &str, agent_type: &str, prompt: String) -> Task {
+        let at = crate::event::now();
+        Task {
+            task_id: Uuid::now_v7(),
+            execution_uuid: Uuid::new_v4(),
+            session_id,
+            user_id: user_id.to_owned(),
+            agent_type: agent_type.to_owned(),
+            prompt,
+            context: Value::Object(Default::default()),
+            params: Value::Object(Default::default()),
+            state: TaskState::Pending,
+            result: None,
+            error: None,
+            metadata: Value::Object(Default::default()),
+            idempotency_key: None,
+            created_at: at,
+            updated_at: at,
+            execution_time: None,
+        }
+    }
+}

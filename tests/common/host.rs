@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::{ADMIN_TOKEN, WAIT, http, send};
+use super::{ADMIN_TOKEN, WAIT, drain_lines, http, send};
 
 /// A `switchboard link` process.
 pub struct LinkHost {
@@ -78,16 +78,7 @@ impl LinkHost {
             .expect("spawn switchboard link");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
+        drain_lines(BufReader::new(stderr).lines(), log.clone());
         LinkHost {
             name: name.to_owned(),
             child,

@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use switchboard::bus::Bus;
-use switchboard::event::{EventBody, OutputChunk, StateChange, now};
+use switchboard::event::now;
 use switchboard::session::Session;
-use switchboard::store::{Append, Store, TaskChange, Transition};
+use switchboard::store::{Append, Store};
 use switchboard::task::{Task, TaskState};
-use uuid::Uuid;
+
+pub use crate::common::tasks::{append, echo_task, output, state};
 
 /// A database URL to open (and reopen).
 pub struct Db {
@@ -50,62 +50,6 @@ pub async fn session(store: &Arc<dyn Store>, user: &str, at: DateTime<Utc>) -> S
     s
 }
 
-/// A new pending echo task in `s`.
-pub fn task(s: &Session) -> Task {
-    let at = now();
-    Task {
-        task_id: Uuid::new_v4(),
-        execution_uuid: Uuid::new_v4(),
-        session_id: s.session_id,
-        user_id: s.user_id.clone(),
-        agent_type: "echo".into(),
-        prompt: "p".into(),
-        context: json!({}),
-        params: json!({}),
-        state: TaskState::Pending,
-        result: None,
-        error: None,
-        metadata: json!({}),
-        idempotency_key: None,
-        created_at: at,
-        updated_at: at,
-        execution_time: None,
-    }
-}
-
-/// An event of `t` at `at` with its task change.
-pub fn append(t: &Task, at: DateTime<Utc>, body: EventBody, change: TaskChange) -> Append {
-    Append {
-        session_id: t.session_id,
-        task_id: t.task_id,
-        at,
-        body,
-        change,
-        audit: vec![],
-    }
-}
-
-/// The transition of `t` from `from` (none: its insert) to `to`, at `at`.
-pub fn state(t: &Task, from: Option<TaskState>, to: TaskState, at: DateTime<Utc>) -> Append {
-    let body = EventBody::State(StateChange {
-        state: to,
-        prev_state: from,
-        message: to.to_string(),
-        agent_type: None,
-    });
-    let change = match from {
-        None => TaskChange::Insert(Box::new(t.clone())),
-        Some(from) => TaskChange::Transition(Transition {
-            from,
-            to,
-            result: (to == TaskState::Completed).then(|| "done".into()),
-            error: None,
-            execution_time: to.is_terminal().then_some(1.0),
-        }),
-    };
-    append(t, at, body, change)
-}
-
 /// Append one event: its seq.
 pub async fn one(store: &Arc<dyn Store>, a: Append) -> i64 {
     store
@@ -132,12 +76,7 @@ pub async fn start(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> Vec<i
 
 /// One output chunk of running `t` at `at`: its seq.
 pub async fn chunk(store: &Arc<dyn Store>, t: &Task, at: DateTime<Utc>) -> i64 {
-    let body = EventBody::Output(OutputChunk { chunk: "x".into() });
-    one(
-        store,
-        append(t, at, body, TaskChange::Require(TaskState::Running)),
-    )
-    .await
+    one(store, output(t, at, "x")).await
 }
 
 /// Complete running `t` at `at`: the seq of that event.
