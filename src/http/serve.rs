@@ -26,8 +26,21 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serve `app` on `listener` until `stop` fires, then let every HTTP
 /// connection finish its request in flight and return. `GET /ws` goes
-/// straight to [`crate::ws::upgrade_request`].
+/// straight to [`crate::ws::upgrade_request`] when hyper serves it.
 pub async fn run(listener: TcpListener, app: Router, state: AppState, stop: CancellationToken) {
+    // The loop runs as a task of the runtime, not on the thread that
+    // awaits `run` (the binary's main thread, outside the worker pool):
+    // there, each accepted socket cost two cross-thread wake-ups (the
+    // worker that polls the sockets waking the main thread, the spawn
+    // waking the worker back).
+    let accepting = tokio::spawn(accept_loop(listener, app, state, stop));
+    if let Err(e) = accepting.await {
+        tracing::error!(error = %e, "the accept loop failed");
+    }
+}
+
+/// Accept and spawn each connection until `stop`; then wait for them.
+async fn accept_loop(listener: TcpListener, app: Router, state: AppState, stop: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -57,7 +70,9 @@ pub async fn run(listener: TcpListener, app: Router, state: AppState, stop: Canc
     tracker.wait().await;
 }
 
-/// One HTTP connection, until it closes, upgrades, or the node stops.
+/// One HTTP connection, until it closes, upgrades, or the node stops. A
+/// connection that opens with a WebSocket upgrade of `/ws` is answered
+/// without hyper (see [`crate::ws::upgrade`]).
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -65,6 +80,11 @@ async fn serve_connection(
     state: AppState,
     stop: CancellationToken,
 ) {
+    let Some(stream) =
+        crate::ws::upgrade::serve_fresh(stream, peer, &state, HEADER_TIMEOUT, &stop).await
+    else {
+        return;
+    };
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let fast = (req.uri().path() == "/ws").then(|| state.clone());
         req.extensions_mut().insert(ConnectInfo(peer));

@@ -19,6 +19,16 @@ impl Runtime {
         token: Option<&str>,
         peer: Option<String>,
     ) -> Result<Principal> {
+        Ok(self.authenticate_until(token, peer).await?.0)
+    }
+
+    /// [`Runtime::authenticate`], with when the token expires (`None`:
+    /// never), from the same lookup.
+    pub async fn authenticate_until(
+        &self,
+        token: Option<&str>,
+        peer: Option<String>,
+    ) -> Result<(Principal, Option<DateTime<Utc>>)> {
         let ip = peer
             .as_deref()
             .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
@@ -35,10 +45,10 @@ impl Runtime {
             return Err(Error::Unauthorized("a bearer token is required".into()));
         };
         match self.resolve_token(token).await? {
-            Some((user, _)) => {
+            Some((user, expires_at)) => {
                 let mut p = Principal::of(&user);
                 p.peer = peer;
-                Ok(p)
+                Ok((p, expires_at))
             }
             None => {
                 self.throttle.auth_failed(ip);
@@ -55,21 +65,15 @@ impl Runtime {
         }
     }
 
-    /// When a live token expires (`None`: never, or not live).
-    pub async fn token_expiry(&self, token: &str) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.resolve_token(token.trim()).await?.and_then(|(_, e)| e))
-    }
-
     /// The user of a live token and its expiry, from the cache or the store.
     async fn resolve_token(&self, token: &str) -> Result<Option<(User, Option<DateTime<Utc>>)>> {
         let hash = hash_token(token);
         if let Some(hit) = self.tokens.get(&hash) {
             return Ok(Some(hit));
         }
-        let Some(user) = self.store.user_by_token(&hash, now()).await? else {
+        let Some((user, expires_at)) = self.store.token_owner(&hash, now()).await? else {
             return Ok(None);
         };
-        let expires_at = self.store.token_expiry(&hash).await?.flatten();
         self.tokens.put(&hash, &user, expires_at);
         Ok(Some((user, expires_at)))
     }

@@ -259,6 +259,19 @@ pub trait Store:
     ) -> Result<u64>;
     /// The user owning a live token.
     async fn user_by_token(&self, token_hash: &str, now: DateTime<Utc>) -> Result<Option<User>>;
+    /// The user owning a live token and when the token expires (`None`:
+    /// never). One read where the backend overrides it (a burst of new
+    /// connections resolves many tokens at once).
+    async fn token_owner(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(User, Option<DateTime<Utc>>)>> {
+        let Some(user) = self.user_by_token(token_hash, now).await? else {
+            return Ok(None);
+        };
+        Ok(Some((user, self.token_expiry(token_hash).await?.flatten())))
+    }
 
     // ---- sessions ----
 

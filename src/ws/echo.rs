@@ -43,8 +43,8 @@ async fn connection(stream: TcpStream, max_message: usize) {
 
 /// Answer the upgrade as the node does and echo on the upgraded socket.
 fn upgrade(req: &mut hyper::Request<Body>, max_message: usize) -> Response {
-    let accept = match super::upgrade_key(req.headers()) {
-        Ok(key) => tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    let accept = match super::upgrade::upgrade_key(req.headers()) {
+        Ok(key) => tungstenite::handshake::derive_accept_key(key),
         Err(e) => return e.into_response(),
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {

@@ -166,8 +166,8 @@ async fn attach(
 ) -> Result<Attached> {
     let rt = &state.runtime;
     let token = hello.token.or(header_token);
-    let mut p = rt
-        .authenticate(token.as_deref(), Some(peer.to_string()))
+    let (mut p, expires_at) = rt
+        .authenticate_until(token.as_deref(), Some(peer.to_string()))
         .await?;
     let max = rt.security().max_connections_per_user;
     if rt.presence().count_user(&p.user_id) >= max {
@@ -176,10 +176,6 @@ async fn attach(
             retry_after: 1,
         });
     }
-    let expires_at = match token.as_deref() {
-        Some(t) => rt.token_expiry(t).await?,
-        None => None,
-    };
     if let Some(d) = &hello.device_id {
         if d.is_empty() || d.len() > 128 {
             return Err(Error::BadRequest(

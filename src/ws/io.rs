@@ -36,6 +36,11 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
+/// Run `f` with this thread's scratch buffer (not across an `.await`).
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH_BUF.with_borrow_mut(|buf| f(&mut buf[..]))
+}
+
 /// Why reading ended.
 #[derive(Debug)]
 pub(super) enum ReadEnd {

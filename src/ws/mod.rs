@@ -2,9 +2,10 @@
 //! framing ([`frame`]), the first message ([`hello`]), the per-connection
 //! loop ([`connection`] over [`io`]) and the op dispatcher ([`dispatch`]).
 //!
-//! hyper parses the upgrade request; after the `101` the node takes the
-//! TCP socket back from hyper and runs its own framing on it (see
-//! [`frame`] for why).
+//! A fresh connection that opens with the upgrade is answered by the node
+//! itself ([`upgrade`]); otherwise hyper parses the upgrade request, and
+//! after the `101` the node takes the TCP socket back from hyper. Either
+//! way it runs its own framing on the socket (see [`frame`] for why).
 
 mod connection;
 mod dispatch;
@@ -13,11 +14,12 @@ pub mod frame;
 mod heartbeat;
 mod hello;
 mod io;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -45,57 +47,6 @@ pub mod close {
     pub const TOO_MANY: u16 = 4429;
 }
 
-/// Whether a browser `Origin` may open a socket: the node's own origin
-/// (same host as the `Host` header) or one listed in
-/// `[security] allowed_origins`, compared exactly. Clients that send no
-/// `Origin` (non-browsers) are allowed and authenticate by token as usual.
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    if allowed.iter().any(|a| a == origin) {
-        return true;
-    }
-    let host = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    !host.is_empty() && (origin == format!("http://{host}") || origin == format!("https://{host}"))
-}
-
-/// Whether a header holds `token` in its comma-separated list (any case).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
-}
-
-/// The `Sec-WebSocket-Key` of a valid upgrade request.
-fn upgrade_key(headers: &HeaderMap) -> Result<&HeaderValue, Error> {
-    if !has_token(headers, header::CONNECTION, "upgrade")
-        || !has_token(headers, header::UPGRADE, "websocket")
-    {
-        return Err(Error::BadRequest(
-            "this is the WebSocket endpoint: send an Upgrade: websocket request".into(),
-        ));
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v != "13")
-    {
-        return Err(Error::BadRequest(
-            "only WebSocket version 13 is supported".into(),
-        ));
-    }
-    headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| Error::BadRequest("Sec-WebSocket-Key is missing".into()))
-}
-
 /// `GET /ws`.
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -115,22 +66,16 @@ pub fn upgrade_request(state: &AppState, peer: SocketAddr, mut req: Request) -> 
         *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         return res;
     }
-    let headers = req.headers();
-    if !origin_allowed(headers, &state.runtime.security().allowed_origins) {
-        metrics::counter!("switchboard_ws_origin_refused_total").increment(1);
-        tracing::warn!(%peer, origin = ?headers.get(header::ORIGIN), "WebSocket upgrade from a foreign origin refused");
-        return Error::Forbidden("this origin may not open a WebSocket to this node".into())
-            .into_response();
-    }
-    let accept = match upgrade_key(headers) {
-        Ok(key) => tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        Err(e) => return e.into_response(),
+    let valid = match upgrade::check(req.headers(), &state.runtime.security().allowed_origins) {
+        Ok(valid) => valid,
+        Err(upgrade::Refused::Origin) => {
+            metrics::counter!("switchboard_ws_origin_refused_total").increment(1);
+            tracing::warn!(%peer, origin = ?req.headers().get(header::ORIGIN), "WebSocket upgrade from a foreign origin refused");
+            return Error::Forbidden("this origin may not open a WebSocket to this node".into())
+                .into_response();
+        }
+        Err(upgrade::Refused::Bad(e)) => return e.into_response(),
     };
-    let header_token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return Error::BadRequest("this connection cannot be upgraded".into()).into_response();
     };
@@ -146,13 +91,13 @@ pub fn upgrade_request(state: &AppState, peer: SocketAddr, mut req: Request) -> 
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
                 let stream = parts.io.into_inner();
-                connection::run(stream, parts.read_buf, state, header_token, peer).await;
+                connection::run(stream, parts.read_buf, state, valid.token, peer).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
     };
     tracker.spawn(outer);
-    switching_protocols(&accept)
+    switching_protocols(&valid.accept)
 }
 
 /// The `101` answering an upgrade whose key gave `accept`.

@@ -154,6 +154,31 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn token_owner(
+        &self,
+        token_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(User, Option<DateTime<Utc>>)>> {
+        let hash = token_hash.to_owned();
+        self.read(move |c| {
+            one(
+                c,
+                "SELECT u.user_id, u.roles, u.grants, u.revokes, u.created_at, t.expires_at \
+                 FROM tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = ? \
+                 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?)",
+                params![hash, rfc3339(&now)],
+                |r| {
+                    let expires: Option<String> = r.get("expires_at")?;
+                    Ok((
+                        rows::user(r)?,
+                        expires.as_deref().map(rows::time).transpose()?,
+                    ))
+                },
+            )
+        })
+        .await
+    }
+
     async fn create_session(&self, session: &Session, audit: Vec<NewAudit>) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         self.send(Job::Session(Box::new(session.clone()), audit, tx))
