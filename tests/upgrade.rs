@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 /// The key of RFC 6455's example handshake and its answer.
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-const ACCEPT: &str = "s3pPLMBiTxaQ9kK+xOo0YzxPGzo=";
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// An upgrade request head for `/ws` with `extra` header lines.
 fn upgrade_head(host: &str, extra: &str) -> String {
