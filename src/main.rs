@@ -303,10 +303,10 @@ fn worker_threads() -> Option<usize> {
     Some(cores.saturating_sub(1).max(1))
 }
 
-/// Blocking threads at most (the SQLite store's reads, four at a time, and
-/// file work): each thread that ever ran keeps a heap of its own, so a
-/// burst that spawned dozens left their partly used pages behind.
-const BLOCKING_THREADS: usize = 8;
+/// Blocking threads at most: the SQLite store's reads and as many again for
+/// file work. Each thread that ever ran keeps a heap of its own, so a burst
+/// that spawned dozens left their partly used pages behind.
+const BLOCKING_THREADS: usize = 2 * switchboard::store::sqlite::READERS;
 
 /// mimalloc's collection of the calling thread's heap (see `alloc.rs`).
 fn collect_heap() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
 use serde_json::{Value, json};
@@ -25,6 +25,8 @@ struct Reply {
     parts: Vec<(u64, String)>,
     /// Keep the connection open after the parts, until the client closes it.
     hang: bool,
+    /// Send `Retry-After` as the HTTP date this long after the reply leaves.
+    retry_at_in: Option<Duration>,
 }
 
 impl Reply {
@@ -33,7 +35,7 @@ impl Reply {
             status: 200,
             headers: vec![("content-type", content_type.to_owned())],
             parts: parts.iter().map(|p| (5, (*p).to_owned())).collect(),
-            hang: false,
+            ..Reply::default()
         }
     }
 
@@ -42,7 +44,7 @@ impl Reply {
             status,
             headers: vec![("content-type", "application/json".into())],
             parts: vec![(0, body.to_owned())],
-            hang: false,
+            ..Reply::default()
         }
     }
 }
@@ -52,6 +54,8 @@ impl Reply {
 struct Seen {
     /// Request heads (lowercased) and bodies.
     requests: Vec<(String, String)>,
+    /// When each request arrived.
+    arrived: Vec<SystemTime>,
     /// Connections the client closed while we hung.
     client_closed: usize,
 }
@@ -87,6 +91,10 @@ impl Fake {
         self.seen.lock().unwrap().requests.clone()
     }
 
+    fn arrivals(&self) -> Vec<SystemTime> {
+        self.seen.lock().unwrap().arrived.clone()
+    }
+
     fn client_closed(&self) -> usize {
         self.seen.lock().unwrap().client_closed
     }
@@ -117,10 +125,18 @@ async fn serve_one(mut sock: tokio::net::TcpStream, reply: Reply, seen: Arc<Mute
         }
     }
     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
-    seen.lock().unwrap().requests.push((head, body));
+    {
+        let mut seen = seen.lock().unwrap();
+        seen.requests.push((head, body));
+        seen.arrived.push(SystemTime::now());
+    }
     let mut out = format!("HTTP/1.1 {} Fake\r\nconnection: close\r\n", reply.status);
     for (k, v) in &reply.headers {
         out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(d) = reply.retry_at_in {
+        let at = httpdate::fmt_http_date(SystemTime::now() + d);
+        out.push_str(&format!("retry-after: {at}\r\n"));
     }
     out.push_str("\r\n");
     if sock.write_all(out.as_bytes()).await.is_err() {
@@ -358,40 +374,50 @@ async fn a_truncated_stream_fails() {
     server.stop().await;
 }
 
-/// A 429 with `Retry-After: <value>` is waited out (at least about a
-/// second with the values below), then the retry succeeds.
-async fn waits_out_retry_after(value: String) {
-    let mut limited = Reply::status(429, "{\"error\":{\"message\":\"slow down\"}}");
-    limited.headers.push(("retry-after", value.clone()));
+/// A 429 (`limited`, with its `Retry-After`) is waited out, then the
+/// retry succeeds: it arrives at least about a second after the 429's
+/// request (measured at the fake, so a slow server start eats nothing).
+async fn waits_out_retry_after(limited: Reply) {
     let parts = sse(&[&openai_delta("ok"), "[DONE]"]);
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let fake = Fake::start(vec![limited, Reply::ok("text/event-stream", &parts)]).await;
     let server = TestServer::spawn_with(config(&http_agent("a", "openai", &fake.base, ""))).await;
-    let started = Instant::now();
     let id = submit(&server, "a", "p", json!({})).await;
     let done = server.wait_terminal(&server.admin, &id).await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(done["result"], "ok");
+    let arrived = fake.arrivals();
+    assert_eq!(arrived.len(), 2);
+    let waited = arrived[1].duration_since(arrived[0]).unwrap_or_default();
     assert!(
-        started.elapsed() >= Duration::from_millis(950),
-        "Retry-After: {value} was not honoured"
+        waited >= Duration::from_millis(950),
+        "Retry-After was not honoured: retried {waited:?} after the 429"
     );
-    assert_eq!(fake.requests().len(), 2);
     server.stop().await;
+}
+
+fn too_many() -> Reply {
+    Reply::status(429, "{\"error\":{\"message\":\"slow down\"}}")
 }
 
 /// 429 with Retry-After in seconds is waited out, then the retry succeeds.
 #[tokio::test]
 async fn retries_429_after_retry_after() {
-    waits_out_retry_after("1".into()).await;
+    let mut limited = too_many();
+    limited.headers.push(("retry-after", "1".into()));
+    waits_out_retry_after(limited).await;
 }
 
 /// `Retry-After` given as an HTTP date is honoured like one in seconds (the
-/// date has whole seconds: two from now is at least one away).
+/// date, two seconds after the 429 leaves, has whole seconds: at least one
+/// second away).
 #[tokio::test]
 async fn retry_after_as_an_http_date_is_honoured() {
-    let at = std::time::SystemTime::now() + Duration::from_secs(2);
-    waits_out_retry_after(httpdate::fmt_http_date(at)).await;
+    let limited = Reply {
+        retry_at_in: Some(Duration::from_secs(2)),
+        ..too_many()
+    };
+    waits_out_retry_after(limited).await;
 }
 
 /// A connection dropped after the response headers but before the first

@@ -24,7 +24,6 @@ use switchboard::runtime::audit::verify_store;
 use switchboard::session::Session;
 use switchboard::store::{Append, Rejected, Store, TaskChange, TaskFilter, Transition};
 use switchboard::task::{Task, TaskState};
-use uuid::Uuid;
 
 /// Generate, for each suite function, a test per backend.
 macro_rules! both {
@@ -92,24 +91,12 @@ mod fixtures {
     }
 
     pub fn task(session: &Session, agent: &str, key: Option<&str>) -> Task {
-        let at = now();
         Task {
-            task_id: Uuid::new_v4(),
-            execution_uuid: Uuid::new_v4(),
-            session_id: session.session_id,
-            user_id: session.user_id.clone(),
-            agent_type: agent.into(),
-            prompt: "hello".into(),
             context: json!({"k": [1, 2.5, "x"]}),
             params: json!({"delay_ms": 0}),
-            state: TaskState::Pending,
-            result: None,
-            error: None,
             metadata: json!({"node_id": "n1"}),
             idempotency_key: key.map(str::to_owned),
-            created_at: at,
-            updated_at: at,
-            execution_time: None,
+            ..Task::pending(session.session_id, &session.user_id, agent, "hello".into())
         }
     }
 

@@ -73,6 +73,14 @@ async fn hello(stream: TcpStream, token: Option<&str>) -> Value {
     }
 }
 
+/// Read the answer to an upgrade: a `101` with RFC 6455's accept value.
+async fn expect_switch(stream: &mut TcpStream) {
+    let (head, _) = read_response(stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let accept = format!("sec-websocket-accept: {ACCEPT}").to_ascii_lowercase();
+    assert!(head.to_ascii_lowercase().contains(&accept), "{head}");
+}
+
 fn host(server: &TestServer) -> String {
     server.base.trim_start_matches("http://").to_owned()
 }
@@ -86,12 +94,7 @@ async fn a_fresh_upgrade_is_answered_and_hello_works() {
         .write_all(upgrade_head(&host(&server), "").as_bytes())
         .await
         .unwrap();
-    let (head, _) = read_response(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.contains(&format!("sec-websocket-accept: {ACCEPT}")),
-        "{head}"
-    );
+    expect_switch(&mut stream).await;
     let reply = hello(stream, Some(&server.admin)).await;
     assert_eq!(reply["ok"], true, "{reply}");
     assert_eq!(reply["result"]["user_id"], "admin");
@@ -115,12 +118,7 @@ async fn an_upgrade_after_a_request_on_the_same_connection_works() {
         .write_all(upgrade_head(&h, &auth).as_bytes())
         .await
         .unwrap();
-    let (head, _) = read_response(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains(&ACCEPT.to_ascii_lowercase())
-    );
+    expect_switch(&mut stream).await;
     let reply = hello(stream, None).await;
     assert_eq!(reply["ok"], true, "{reply}");
     server.stop().await;
@@ -137,8 +135,7 @@ async fn an_upgrade_head_in_pieces_works() {
     stream.flush().await.unwrap();
     tokio::task::yield_now().await;
     stream.write_all(b.as_bytes()).await.unwrap();
-    let (head, _) = read_response(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    expect_switch(&mut stream).await;
     let reply = hello(stream, Some(&server.admin)).await;
     assert_eq!(reply["ok"], true, "{reply}");
     server.stop().await;

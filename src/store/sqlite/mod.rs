@@ -42,8 +42,9 @@ use crate::store::writer::{EventWriter, QUEUE};
 pub use writer::{Job, Writer};
 use writer::{SessionSlot, TaskSlot};
 
-/// Read connections at most.
-const READERS: usize = 4;
+/// Read connections at most (each read runs on a blocking thread: the
+/// binary sizes tokio's blocking pool from this).
+pub const READERS: usize = 4;
 /// Page cache of the writer, in KiB: the hot ends of the indexes.
 const WRITER_CACHE_KIB: i64 = 4096;
 /// Page cache of each reader, in KiB.
