@@ -7,6 +7,8 @@
 //! Phase 1 checks ([`switchboard::store::ProjectStore`]) are in
 //! `tests/store/projects.rs`.
 
+#[path = "store/audit.rs"]
+mod audit;
 mod common;
 #[path = "store/projects.rs"]
 mod projects;
@@ -65,6 +67,7 @@ both!(
     events_after_pages,
     list_tasks_filters_and_cursor,
     audit_chain_appends_queries_and_verifies,
+    audit_pages_by_every_key,
     timestamps_round_trip_at_microseconds,
     projects_round_trip_and_conflict,
     project_tasks_number_follow_and_cascade,
@@ -166,6 +169,10 @@ mod fixtures {
 }
 
 mod suite {
+    pub use super::audit::{
+        audit_chain_appends_queries_and_verifies, audit_pages_by_every_key,
+        timestamps_round_trip_at_microseconds,
+    };
     pub use super::projects::{
         project_task_numbers_unique_under_concurrency, project_tasks_number_follow_and_cascade,
         projects_round_trip_and_conflict,
@@ -655,109 +662,6 @@ mod suite {
         }
         assert_eq!(paged, ids);
         assert_eq!(store.unfinished_tasks().await.unwrap().len(), 5);
-    }
-
-    /// Audit records chain across every kind of write, are queried newest
-    /// first with filters, and verify; the log refuses updates and deletes.
-    pub async fn audit_chain_appends_queries_and_verifies(store: Arc<dyn Store>) {
-        let record = |t: &'static str, user: &str| {
-            NewAudit::by(None, t, "act")
-                .for_user(user)
-                .detail("n", 1.5)
-                .detail("nested", json!({"b": [1, "two"], "a": null}))
-        };
-        let u = User::new("a", [Role::Admin].into(), now());
-        store
-            .create_user(&u, "h", vec![record(kind::USER_CREATED, "a")])
-            .await
-            .unwrap();
-        let s = Session::new("a", None, BTreeSet::new(), false, now());
-        store
-            .create_session(
-                &s,
-                vec![record(kind::SESSION_CREATED, "a").session(s.session_id)],
-            )
-            .await
-            .unwrap();
-        store
-            .audit(vec![
-                record(kind::AUTH_FAILED, "b"),
-                record(kind::PERMISSION_DENIED, "b"),
-            ])
-            .await
-            .unwrap();
-        one(&store, insert(&task(&s, "echo", None))).await.unwrap();
-        assert_eq!(store.audit_last_seq().await.unwrap(), 5);
-
-        let all = store.audit_after(0, 100).await.unwrap();
-        assert_eq!(
-            all.iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [1, 2, 3, 4, 5]
-        );
-        for pair in all.windows(2) {
-            assert_eq!(pair[1].prev_hash, pair[0].hash);
-        }
-        assert_eq!(
-            all[0].details["nested"],
-            json!({"a": null, "b": [1, "two"]})
-        );
-        let v = verify_store(store.as_ref()).await.unwrap();
-        assert!(v.ok, "{v:?}");
-        assert_eq!(v.checked, 5);
-        assert_eq!(v.head, all[4].hash);
-
-        let q = switchboard::store::AuditQuery {
-            user_id: Some("b".into()),
-            limit: 10,
-            ..Default::default()
-        };
-        let b: Vec<_> = store
-            .audit_query(&q)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(b, [4, 3]);
-        let q = switchboard::store::AuditQuery {
-            session_id: Some(s.session_id),
-            event_type: Some(kind::SESSION_CREATED.into()),
-            limit: 10,
-            ..Default::default()
-        };
-        assert_eq!(store.audit_query(&q).await.unwrap().len(), 1);
-        let q = switchboard::store::AuditQuery {
-            before_seq: Some(3),
-            since: Some(all[0].timestamp),
-            until: Some(now() + Duration::seconds(1)),
-            limit: 10,
-            ..Default::default()
-        };
-        let older: Vec<_> = store
-            .audit_query(&q)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
-        assert_eq!(older, [2, 1]);
-        assert_eq!(store.audit_after(3, 1).await.unwrap()[0].seq, 4);
-    }
-
-    /// Timestamps come back exactly as written, to the microsecond (audit
-    /// hashes cover them).
-    pub async fn timestamps_round_trip_at_microseconds(store: Arc<dyn Store>) {
-        let at = chrono::DateTime::from_timestamp_micros(1_763_000_000_123_457).unwrap();
-        let mut u = User::new("t", [Role::Guest].into(), at);
-        u.created_at = at;
-        store.create_user(&u, "h", vec![]).await.unwrap();
-        assert_eq!(store.get_user("t").await.unwrap().unwrap().created_at, at);
-        let mut r = NewAudit::by(None, kind::USER_CREATED, "x");
-        r.timestamp = at;
-        store.audit(vec![r]).await.unwrap();
-        let stored = store.audit_after(0, 1).await.unwrap().remove(0);
-        assert_eq!(stored.timestamp, at);
-        assert_eq!(stored.compute_hash(), stored.hash);
     }
 }
 

@@ -77,8 +77,14 @@ impl Filtered {
 /// The audit records matching `f`, newest first. `select` lists the
 /// columns `FROM audit`.
 pub(crate) fn audit(dialect: Dialect, select: &str, f: &AuditQuery) -> Filtered {
-    let text = |s: &Option<String>| s.clone().map(Arg::Text);
     let mut q = Filtered::new(dialect, select);
+    audit_filters(&mut q, f).push(" ORDER BY seq DESC LIMIT ?", Some(Arg::Int(f.limit)));
+    q
+}
+
+/// Add the filters of `f` to a select of audit columns.
+pub(crate) fn audit_filters<'q>(q: &'q mut Filtered, f: &AuditQuery) -> &'q mut Filtered {
+    let text = |s: &Option<String>| s.clone().map(Arg::Text);
     q.and("session_id = ?", f.session_id.map(Arg::Uuid))
         .and("user_id = ?", text(&f.user_id))
         .and("event_type = ?", text(&f.event_type))
@@ -86,8 +92,6 @@ pub(crate) fn audit(dialect: Dialect, select: &str, f: &AuditQuery) -> Filtered 
         .and("timestamp >= ?", f.since.map(Arg::Time))
         .and("timestamp < ?", f.until.map(Arg::Time))
         .and("seq < ?", f.before_seq.map(Arg::Int))
-        .push(" ORDER BY seq DESC LIMIT ?", Some(Arg::Int(f.limit)));
-    q
 }
 
 /// `select` of one user's rows (`user_col = ?`) or everyone's, in `order`

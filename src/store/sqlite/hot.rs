@@ -64,6 +64,7 @@ impl Writer {
                 .iter()
                 .map(|job| w.apply(job, now_secs))
                 .collect::<Result<Vec<_>>>()?;
+            w.file_audit_keys()?;
             w.conn.execute_batch("COMMIT")?;
             Ok(applied)
         };

@@ -12,6 +12,7 @@
 //! README's performance section). sqlx still runs the migrations, and the
 //! PostgreSQL store.
 
+mod audit_keys;
 mod counts;
 mod hot;
 mod projects;
@@ -39,6 +40,7 @@ use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::store::writer::{EventWriter, QUEUE};
 
+pub use audit_keys::BATCH as AUDIT_KEYS_BATCH;
 pub use writer::{Job, Writer};
 use writer::{SessionSlot, TaskSlot};
 

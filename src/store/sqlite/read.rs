@@ -352,10 +352,8 @@ impl Store for SqliteStore {
     }
 
     async fn audit_query(&self, f: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let q = query::audit(Dialect::Sqlite, AUDIT, f);
-        let (sql, args) = (q.sql, rows::values(q.args));
-        self.read(move |c| all(c, &sql, rusqlite::params_from_iter(args), rows::audit))
-            .await
+        let f = f.clone();
+        self.read(move |c| super::audit_keys::query(c, &f)).await
     }
 
     async fn audit_after(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {

@@ -95,9 +95,18 @@ pub fn uuid(text: &str) -> Result<Uuid> {
 /// Columns of `users`.
 pub const USER: &str = "SELECT user_id, roles, grants, revokes, created_at FROM users";
 
+macro_rules! audit_columns {
+    () => {
+        "event_id, event_type, timestamp, user_id, session_id, resource_type, resource_id, \
+         action, status, details, seq, hash, prev_hash"
+    };
+}
+
+/// Columns of `audit`, without the `SELECT`.
+pub const AUDIT_COLUMNS: &str = audit_columns!();
+
 /// Columns of `audit`.
-pub const AUDIT: &str = "SELECT event_id, event_type, timestamp, user_id, session_id, resource_type, \
-     resource_id, action, status, details, seq, hash, prev_hash FROM audit";
+pub const AUDIT: &str = concat!("SELECT ", audit_columns!(), " FROM audit");
 
 /// Columns of `devices`.
 pub const DEVICE: &str = "SELECT device_id, user_id, name, public_key, state, first_seen, \

@@ -92,6 +92,8 @@ pub struct Writer {
     /// Unfinished tasks per user, read by the runtime's admission check.
     pub(super) active: Arc<DashMap<String, i64>>,
     head: Option<(i64, String)>,
+    /// How far the audit log's lookup keys are filed.
+    pub(super) mark: super::audit_keys::Mark,
     /// Audit records of the open transaction, published after its commit.
     pub(super) audit_out: Vec<AuditRecord>,
 }
@@ -105,6 +107,7 @@ impl Writer {
             tasks: HashMap::new(),
             active,
             head: None,
+            mark: Default::default(),
             audit_out: Vec::new(),
         }
     }
@@ -235,10 +238,16 @@ impl Writer {
         self.sessions.clear();
         self.tasks.clear();
         self.head = None;
+        self.mark.forget();
         self.audit_out.clear();
         if let Err(e) = super::load_active(&self.conn, &self.active) {
             tracing::error!(error = %e, "could not reload unfinished task counts");
         }
+    }
+
+    /// The seq of the newest audit record, when the writer knows it.
+    pub(super) fn audit_head(&self) -> Option<i64> {
+        self.head.as_ref().map(|(seq, _)| *seq)
     }
 
     /// Chain `records` onto the audit log inside the open transaction.
