@@ -120,7 +120,7 @@ pub async fn timestamps_round_trip_at_microseconds(store: Arc<dyn Store>) {
     assert_eq!(stored.compute_hash(), stored.hash);
 }
 
-/// More records than one batch of SQLite's lookup keys (so that some are
+/// More records than SQLite leaves without lookup keys (so that some are
 /// found through the keys and some by the scan of the newest), paged
 /// newest first by each key (every record is some user's), by two at once
 /// and from a cursor: the pages together hold exactly the matching
@@ -132,7 +132,7 @@ pub async fn audit_pages_by_every_key(store: Arc<dyn Store>) {
         kind::PERMISSION_DENIED,
         kind::USER_CREATED,
     ];
-    let records = switchboard::store::sqlite::AUDIT_KEYS_BATCH as usize + 904;
+    let records = switchboard::store::sqlite::AUDIT_KEYS_MAX_TAIL as usize + 904;
     for chunk in 0..records / 100 {
         let records = (0..100).map(|i| {
             let n = chunk * 100 + i;

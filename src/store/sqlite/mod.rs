@@ -40,7 +40,7 @@ use crate::bus::Bus;
 use crate::error::{Error, Result};
 use crate::store::writer::{EventWriter, QUEUE};
 
-pub use audit_keys::BATCH as AUDIT_KEYS_BATCH;
+pub use audit_keys::MAX_TAIL as AUDIT_KEYS_MAX_TAIL;
 pub use writer::{Job, Writer};
 use writer::{SessionSlot, TaskSlot};
 

@@ -215,7 +215,7 @@ impl Retention for SqliteStore {
                 .query_row("SELECT MIN(seq) FROM audit", [], |r| r.get(0))?;
             let Some(first) = first else { return Ok(0) };
             let end = before.min(first + max);
-            super::audit_keys::unfile(&w.conn, first, end)?;
+            super::audit_keys::unfile(&w.conn, end)?;
             let n = w
                 .conn
                 .prepare_cached("DELETE FROM audit WHERE seq >= ? AND seq < ?")?

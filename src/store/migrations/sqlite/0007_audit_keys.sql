@@ -4,8 +4,8 @@
 -- Three secondary indexes and the unique index on `event_id` were four
 -- more B-trees for every commit that wrote an audit record, each a page
 -- written and synced. Now the writer files a record's lookup keys in
--- `audit_keys` in batches (every few hundred records, or a second after
--- the last batch), riding an ordinary commit, and `audit_indexed` says how
+-- `audit_keys` a few dozen records at a time (or a second after the last
+-- time), riding an ordinary commit, and `audit_indexed` says how
 -- far they go. A query reads the keys up to that mark and scans the short
 -- tail of records after it. `event_id` is a UUIDv7 made by the writer and
 -- is not looked up, so its unique index goes (the table is rebuilt for it).
@@ -37,16 +37,20 @@ WHEN OLD.seq >= COALESCE((SELECT MAX(seq) FROM audit_checkpoints), 0)
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: only records before a signed checkpoint can be pruned'); END;
 
 -- One B-tree for every lookup: 's:' || session_id, 'u:' || user_id,
--- 't:' || event_type.
+-- 't:' || event_type, clustered by `bucket` (seq >> 10, 1,024 records) so
+-- that keys filed together land near the tree's right edge, in order,
+-- instead of landing on a page per session and user.
 CREATE TABLE audit_keys (
-    key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (key, seq)
+    bucket INTEGER NOT NULL,
+    key    TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (bucket, key, seq)
 ) WITHOUT ROWID;
-INSERT INTO audit_keys (key, seq)
-    SELECT 's:' || session_id, seq FROM audit WHERE session_id IS NOT NULL
-    UNION ALL SELECT 'u:' || user_id, seq FROM audit WHERE user_id IS NOT NULL
-    UNION ALL SELECT 't:' || event_type, seq FROM audit;
+INSERT INTO audit_keys (bucket, key, seq) SELECT * FROM (
+    SELECT seq >> 10, 's:' || session_id, seq FROM audit WHERE session_id IS NOT NULL
+    UNION ALL SELECT seq >> 10, 'u:' || user_id, seq FROM audit WHERE user_id IS NOT NULL
+    UNION ALL SELECT seq >> 10, 't:' || event_type, seq FROM audit
+) ORDER BY 1, 2, 3;
 
 CREATE TABLE audit_indexed (
     id      INTEGER PRIMARY KEY CHECK (id = 1),  -- one row
