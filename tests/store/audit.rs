@@ -66,42 +66,34 @@ pub async fn audit_chain_appends_queries_and_verifies(store: Arc<dyn Store>) {
     assert_eq!(v.checked, 5);
     assert_eq!(v.head, all[4].hash);
 
-    let q = switchboard::store::AuditQuery {
+    let q = AuditQuery {
         user_id: Some("b".into()),
         limit: 10,
         ..Default::default()
     };
-    let b: Vec<_> = store
-        .audit_query(&q)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
-    assert_eq!(b, [4, 3]);
-    let q = switchboard::store::AuditQuery {
+    assert_eq!(seqs(&store, &q).await, [4, 3]);
+    let q = AuditQuery {
         session_id: Some(s.session_id),
         event_type: Some(kind::SESSION_CREATED.into()),
         limit: 10,
         ..Default::default()
     };
     assert_eq!(store.audit_query(&q).await.unwrap().len(), 1);
-    let q = switchboard::store::AuditQuery {
+    let q = AuditQuery {
         before_seq: Some(3),
         since: Some(all[0].timestamp),
         until: Some(now() + Duration::seconds(1)),
         limit: 10,
         ..Default::default()
     };
-    let older: Vec<_> = store
-        .audit_query(&q)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
-    assert_eq!(older, [2, 1]);
+    assert_eq!(seqs(&store, &q).await, [2, 1]);
     assert_eq!(store.audit_after(3, 1).await.unwrap()[0].seq, 4);
+}
+
+/// The seqs of the records `q` finds, in the order found.
+async fn seqs(store: &Arc<dyn Store>, q: &AuditQuery) -> Vec<i64> {
+    let found = store.audit_query(q).await.unwrap();
+    found.iter().map(|r| r.seq).collect()
 }
 
 /// Timestamps come back exactly as written, to the microsecond (audit
@@ -187,10 +179,10 @@ pub async fn audit_pages_by_every_key(store: Arc<dyn Store>) {
         };
         let mut got = Vec::new();
         loop {
-            let rows = store.audit_query(&page).await.unwrap();
-            let Some(last) = rows.last() else { break };
-            page.before_seq = Some(last.seq);
-            got.extend(rows.iter().map(|r| r.seq));
+            let found = seqs(&store, &page).await;
+            let Some(&last) = found.last() else { break };
+            page.before_seq = Some(last);
+            got.extend(found);
         }
         assert_eq!(got, expected, "{q:?}");
     }
