@@ -61,12 +61,7 @@ impl Writer {
         };
         let through = match self.mark.through {
             Some(t) => t,
-            None => {
-                self.conn
-                    .query_row("SELECT through FROM audit_indexed WHERE id = 1", [], |r| {
-                        r.get(0)
-                    })?
-            }
+            None => read_mark(&self.conn)?,
         };
         self.mark.through = Some(through);
         let due = self.mark.filed_at.is_none_or(|at| at.elapsed() >= EVERY);
@@ -90,6 +85,12 @@ impl Writer {
         };
         Ok(())
     }
+}
+
+/// The seq up to which every record has its keys filed.
+fn read_mark(c: &Connection) -> Result<i64> {
+    let sql = "SELECT through FROM audit_indexed WHERE id = 1";
+    Ok(c.prepare_cached(sql)?.query_row([], |r| r.get(0))?)
 }
 
 /// How many bits of a record's seq its bucket drops.
@@ -130,10 +131,8 @@ pub(super) fn query(c: &Connection, f: &AuditQuery) -> Result<Vec<AuditRecord>> 
     let Some(key) = lookup(f) else {
         return run(c, query::audit(Dialect::Sqlite, rows::AUDIT, f));
     };
-    let through: i64 = c.query_row("SELECT through FROM audit_indexed WHERE id = 1", [], |r| {
-        r.get(0)
-    })?;
-    let mut tail = Filtered::new(Dialect::Sqlite, &select("audit"));
+    let through = read_mark(c)?;
+    let mut tail = Filtered::new(Dialect::Sqlite, rows::AUDIT);
     tail.and("seq > ?", Some(Arg::Int(through)));
     let mut found = run(c, ordered(tail, f, "seq", f.limit))?;
     let upper = f.before_seq.map_or(through, |b| through.min(b - 1));
