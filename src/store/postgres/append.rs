@@ -66,7 +66,7 @@ impl PostgresStore {
         };
         let mut tx = self.pool.begin().await?;
         let mut held = lock::lock(&mut tx, request).await?;
-        lock::relock_missing(&mut tx, &touched, &mut held.locked).await?;
+        lock::relock_missing(&mut tx, &touched, &held.inserted, &mut held.locked).await?;
         let mut plan: Plan = plan::plan(batch, held.locked, &held.inserted, &started);
         let records = std::mem::take(&mut plan.audit);
         let audit = match held.head {

@@ -4,6 +4,8 @@
 //! insert its new tasks, reading what it needs under those locks. One round
 //! trip instead of four.
 
+use std::collections::HashSet;
+
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -140,7 +142,11 @@ UNION ALL SELECT 3, NULL, NULL, NULL, seq, hash FROM h";
 /// began: a task inserted by the batch committing just before this one
 /// (see [`super::pipeline`]) is new to it, though its session's lock,
 /// taken in the same statement, waited for that commit. A second statement
-/// sees it. Usually there is none to read (no round trip).
+/// sees it. Tasks the locking statement inserted itself (`inserted`) are
+/// not read: the plan knows them from their insert, and a statement does
+/// not see the rows of its own `INSERT` clause (reading them again cost a
+/// round trip in most batches of a submit run). Usually there is none to
+/// read (no round trip).
 ///
 /// Taken after the audit head, out of the usual order; that cannot
 /// deadlock: every other writer that locks a task of this batch and then
@@ -148,11 +154,13 @@ UNION ALL SELECT 3, NULL, NULL, NULL, seq, hash FROM h";
 pub(super) async fn relock_missing(
     tx: &mut Transaction<'_, Postgres>,
     touched: &[Uuid],
+    inserted: &[Uuid],
     locked: &mut Locked,
 ) -> Result<()> {
+    let inserted: HashSet<&Uuid> = inserted.iter().collect();
     let missing: Vec<Uuid> = touched
         .iter()
-        .filter(|id| !locked.tasks.contains_key(id))
+        .filter(|id| !locked.tasks.contains_key(id) && !inserted.contains(id))
         .copied()
         .collect();
     if missing.is_empty() {

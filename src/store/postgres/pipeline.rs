@@ -9,22 +9,26 @@
 //! Order stays the queue's: N+1 is prepared only after N is written, so N
 //! already holds every row lock it takes; where N+1 shares a session (or
 //! the audit head) with N, its lock waits for N's commit and then reads
-//! what N stored ([`super::lock::relock_missing`] covers the tasks N
-//! inserted). Batches are published and answered in queue order. A batch
+//! what N stored. A batch that changes a task N inserts waits for N's
+//! commit before it locks, so that its statement sees that task (see
+//! `changes_any`; [`super::lock::relock_missing`] covers what is left). Batches are published and answered in queue order. A batch
 //! that fails before its commit is retried job by job once the batches in
 //! flight are done, as [`crate::store::writer`] does; one whose commit
 //! fails answers every append with the error.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use super::PostgresStore;
 use super::append::Prepared;
+use super::{PostgresStore, plan};
 use crate::error::Error;
 use crate::store::writer::{self, Batch, EventWriter, Reply};
+use crate::store::{Append, TaskChange};
 
 /// Batches prepared or committing at once.
 const DEPTH: usize = 2;
@@ -43,6 +47,8 @@ async fn run(store: PostgresStore, mut rx: mpsc::Receiver<writer::Job>, stop: Ca
     let slots = Arc::new(Semaphore::new(DEPTH));
     // Resolves once the last batch handed to a commit is answered.
     let mut last: Option<oneshot::Receiver<()>> = None;
+    // The new tasks of that batch.
+    let mut last_new: HashSet<Uuid> = HashSet::new();
     let mut batch = Batch::default();
     // A slot first, then the batch: while both slots are busy, the queue
     // grows into a bigger batch.
@@ -51,6 +57,10 @@ async fn run(store: PostgresStore, mut rx: mpsc::Receiver<writer::Job>, stop: Ca
             break;
         }
         let (appends, replies, jobs) = batch.take();
+        if changes_any(&appends, &last_new) {
+            settle(&mut last).await;
+        }
+        last_new = plan::inserts(&appends).iter().map(|t| t.task_id).collect();
         metrics::histogram!("switchboard_commit_batch_size").record(appends.len() as f64);
         let retry = (jobs.len() > 1).then(|| appends.clone());
         let started = std::time::Instant::now();
@@ -76,6 +86,20 @@ async fn run(store: PostgresStore, mut rx: mpsc::Receiver<writer::Job>, stop: Ca
         }
     }
     settle(&mut last).await;
+}
+
+/// Whether `appends` change a task of `new` (inserted by the batch in
+/// flight). Such a batch waits for that commit before it locks: its
+/// statement then sees those tasks, instead of a second statement reading
+/// them ([`super::lock::relock_missing`]). Its session locks would have
+/// waited for that commit anyway. (A submitted task's `planning` and
+/// `running` usually come in the batch right after its insert: this saved
+/// a round trip in most batches of a submit run.)
+fn changes_any(appends: &[Append], new: &HashSet<Uuid>) -> bool {
+    !new.is_empty()
+        && appends
+            .iter()
+            .any(|a| !matches!(a.change, TaskChange::Insert(_)) && new.contains(&a.task_id))
 }
 
 /// Wait until every batch handed to a commit is answered.
