@@ -11,8 +11,9 @@
 //! the audit head) with N, its lock waits for N's commit and then reads
 //! what N stored. A batch that changes a task N inserts waits for N's
 //! commit before it locks, so that its statement sees that task (see
-//! `changes_any`; [`super::lock::relock_missing`] covers what is left). Batches are published and answered in queue order. A batch
-//! that fails before its commit is retried job by job once the batches in
+//! [`plan::changes_any`]; [`super::lock::relock_missing`] covers what is
+//! left). Batches are published and answered in queue order. A batch that
+//! fails before its commit is retried job by job once the batches in
 //! flight are done, as [`crate::store::writer`] does; one whose commit
 //! fails answers every append with the error.
 
@@ -28,7 +29,6 @@ use super::append::Prepared;
 use super::{PostgresStore, plan};
 use crate::error::Error;
 use crate::store::writer::{self, Batch, EventWriter, Reply};
-use crate::store::{Append, TaskChange};
 
 /// Batches prepared or committing at once.
 const DEPTH: usize = 2;
@@ -57,7 +57,7 @@ async fn run(store: PostgresStore, mut rx: mpsc::Receiver<writer::Job>, stop: Ca
             break;
         }
         let (appends, replies, jobs) = batch.take();
-        if changes_any(&appends, &last_new) {
+        if plan::changes_any(&appends, &last_new) {
             settle(&mut last).await;
         }
         last_new = plan::inserts(&appends).iter().map(|t| t.task_id).collect();
@@ -86,20 +86,6 @@ async fn run(store: PostgresStore, mut rx: mpsc::Receiver<writer::Job>, stop: Ca
         }
     }
     settle(&mut last).await;
-}
-
-/// Whether `appends` change a task of `new` (inserted by the batch in
-/// flight). Such a batch waits for that commit before it locks: its
-/// statement then sees those tasks, instead of a second statement reading
-/// them ([`super::lock::relock_missing`]). Its session locks would have
-/// waited for that commit anyway. (A submitted task's `planning` and
-/// `running` usually come in the batch right after its insert: this saved
-/// a round trip in most batches of a submit run.)
-fn changes_any(appends: &[Append], new: &HashSet<Uuid>) -> bool {
-    !new.is_empty()
-        && appends
-            .iter()
-            .any(|a| !matches!(a.change, TaskChange::Insert(_)) && new.contains(&a.task_id))
 }
 
 /// Wait until every batch handed to a commit is answered.

@@ -3,7 +3,7 @@
 //! stored event, and the rows every table gets, in columns ready to bind as
 //! `UNNEST` arrays. Pure, so that it is tested without a database.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -162,6 +162,20 @@ pub(super) fn touched_tasks(batch: &[Append]) -> Vec<Uuid> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+/// Whether `appends` change a task of `new` (inserted by the batch in
+/// flight). Such a batch waits for that commit before it locks: its
+/// statement then sees those tasks, instead of a second statement reading
+/// them ([`super::lock::relock_missing`]). Its session locks would have
+/// waited for that commit anyway. (A submitted task's `planning` and
+/// `running` usually come in the batch right after its insert: this saved
+/// a round trip in most batches of a submit run.)
+pub(super) fn changes_any(appends: &[Append], new: &HashSet<Uuid>) -> bool {
+    !new.is_empty()
+        && appends
+            .iter()
+            .any(|a| !matches!(a.change, TaskChange::Insert(_)) && new.contains(&a.task_id))
 }
 
 /// The sessions of `batch`, sorted: the order their row locks are taken in.

@@ -189,3 +189,17 @@ fn lock_order() {
     assert_eq!(sessions(&batch), want);
     assert_eq!(touched_tasks(&batch), vec![a.task_id]);
 }
+
+/// A batch waits for the one in flight only when it changes a task that
+/// one inserts: not for its own inserts, nor for other tasks.
+#[test]
+fn waits_only_for_tasks_the_batch_in_flight_inserts() {
+    let s = Uuid::new_v4();
+    let (a, b) = (task(s, "u"), task(s, "u"));
+    let in_flight: HashSet<Uuid> = [a.task_id].into();
+    let running = |t: &Task| step(t, TaskState::Pending, TaskState::Running, None);
+    assert!(changes_any(&[insert(&b), running(&a)], &in_flight));
+    assert!(!changes_any(&[insert(&a)], &in_flight));
+    assert!(!changes_any(&[insert(&b), running(&b)], &in_flight));
+    assert!(!changes_any(&[running(&a)], &HashSet::new()));
+}
