@@ -96,15 +96,7 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connect to `url` and migrate the database.
     pub async fn open(url: &str, bus: Arc<Bus>) -> Result<Self, anyhow::Error> {
-        // Every statement is planned for its own arguments. The append
-        // batch's statements (`UPDATE ... FROM UNNEST`, `= ANY($1)`) were
-        // otherwise planned once per connection while the tables were
-        // small, and kept that plan as they grew: hash joins over
-        // sequential scans of `tasks` and `sessions` on every batch (23.7
-        // million rows read in one 10-second submit run of 10,000 tasks).
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("switchboard")
-            .options([("plan_cache_mode", "force_custom_plan")]);
+        let options = PgConnectOptions::from_str(url)?.application_name("switchboard");
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(1)
@@ -132,7 +124,23 @@ impl PostgresStore {
     }
 }
 
+/// How the node's write transactions begin. Their statements look rows up
+/// by key (`= ANY($1)`, `UPDATE ... FROM UNNEST(...)`), and their plans are
+/// kept per connection once made: made while a table is small, a plan
+/// chose a sequential scan (or a hash join over one) and kept it as the
+/// table grew, until the next `ANALYZE` of the table (measured: 23.7
+/// million rows read by 6,044 scans of `tasks` in one 10-second submit
+/// run of 10,000 tasks). Inside these transactions scans and hash joins
+/// cost more than any index path, so every plan made there uses the
+/// indexes whatever the tables' size, and is made once.
+const BEGIN_WRITE: &str = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off";
+
 impl PostgresStore {
+    /// A write transaction (see [`BEGIN_WRITE`]).
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin_with(BEGIN_WRITE).await?)
+    }
+
     /// Finish a write: chain `audit` into `tx`, commit both together, then
     /// publish the audit records (never before they are stored).
     async fn commit_audited(

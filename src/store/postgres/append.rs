@@ -64,7 +64,7 @@ impl PostgresStore {
             lease: claimant.map_or(0.0, |c| c.1),
             audit: batch.iter().any(|a| !a.audit.is_empty()),
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut held = lock::lock(&mut tx, request).await?;
         lock::relock_missing(&mut tx, &touched, &held.inserted, &mut held.locked).await?;
         let mut plan: Plan = plan::plan(batch, held.locked, &held.inserted, &started);

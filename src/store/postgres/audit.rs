@@ -13,7 +13,7 @@ use crate::store::query::{self, Dialect};
 
 impl PostgresStore {
     pub(super) async fn audit(&self, records: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let audit = write_audit(&mut tx, records).await?;
         tx.commit().await?;
         self.fanout.publish(&[], &audit);

@@ -27,7 +27,7 @@ fn secs(d: Duration) -> f64 {
 #[async_trait]
 impl Cluster for PostgresStore {
     async fn heartbeat(&self, node_id: &str, agents: &[AgentInfo]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO nodes (node_id, started_at, heartbeat_at) VALUES ($1, now(), now()) \
              ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now()",

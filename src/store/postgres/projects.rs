@@ -43,7 +43,7 @@ impl PostgresStore {
         query: sqlx::query::Query<'q, Postgres, PgArguments>,
         audit: Vec<NewAudit>,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = query.execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Ok(false);
@@ -56,7 +56,7 @@ impl PostgresStore {
 #[async_trait]
 impl ProjectStore for PostgresStore {
     async fn create_project(&self, p: &Project, audit: Vec<NewAudit>) -> Result<Project> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO projects (name, key, description, status, github_repo_url, telegram_chat_id, \
              created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) RETURNING id",
@@ -127,7 +127,7 @@ impl ProjectStore for PostgresStore {
         t: &ProjectTask,
         audit: Vec<NewAudit>,
     ) -> Result<Option<ProjectTask>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Locks the project row until commit: concurrent creators in the
         // same project, on any node, wait here and get the next number.
         let number: Option<i64> = sqlx::query_scalar(

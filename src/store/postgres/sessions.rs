@@ -14,7 +14,7 @@ use crate::store::query::{self, Dialect};
 
 impl PostgresStore {
     pub(super) async fn create_session(&self, s: &Session, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (session_id, user_id, device_id, created_at, last_activity, permissions, state, \
              last_seq, is_default) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
@@ -65,7 +65,7 @@ impl PostgresStore {
         at: DateTime<Utc>,
         audit: Vec<NewAudit>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "UPDATE sessions SET state = 'ended', last_activity = $1 WHERE session_id = $2",
         )
@@ -78,7 +78,7 @@ impl PostgresStore {
     }
 
     pub(super) async fn put_device(&self, d: &Device, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO devices (device_id, user_id, name, public_key, state, first_seen, last_seen, decided_by) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (device_id) DO UPDATE SET name = excluded.name, \

@@ -21,7 +21,7 @@ impl PostgresStore {
         token_hash: &str,
         audit: Vec<NewAudit>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO users (user_id, roles, grants, revokes, created_at) VALUES ($1,$2,$3,$4,$5)",
         )
@@ -62,7 +62,7 @@ impl PostgresStore {
     }
 
     pub(super) async fn update_user(&self, user: &User, audit: Vec<NewAudit>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("UPDATE users SET roles = $1, grants = $2, revokes = $3 WHERE user_id = $4")
             .bind(json(&user.roles))
             .bind(json(&user.grants))
@@ -82,7 +82,7 @@ impl PostgresStore {
         expires_at: Option<DateTime<Utc>>,
         audit: Vec<NewAudit>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO tokens (token_hash, user_id, created_at, expires_at) VALUES ($1,$2,$3,$4)",
         )
@@ -102,7 +102,7 @@ impl PostgresStore {
         at: DateTime<Utc>,
         audit: Vec<NewAudit>,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
         )
