@@ -139,10 +139,11 @@ UNION ALL SELECT 3, NULL, NULL, NULL, seq, hash FROM h";
 
 /// Lock and read the tasks of `touched` (sorted) that the locking
 /// statement did not see. A statement sees the rows committed when it
-/// began: a task inserted by the batch committing just before this one
-/// (see [`super::pipeline`]) is new to it, though its session's lock,
-/// taken in the same statement, waited for that commit. A second statement
-/// sees it. Tasks the locking statement inserted itself (`inserted`) are
+/// began: a task inserted by a batch committing just before this one is
+/// new to it, though its session's lock, taken in the same statement,
+/// waited for that commit. (This node's committer waits for its own batch
+/// in flight first, see [`super::plan::changes_any`]; another node's batch
+/// can still be that one.) A second statement sees it. Tasks the locking statement inserted itself (`inserted`) are
 /// not read: the plan knows them from their insert, and a statement does
 /// not see the rows of its own `INSERT` clause (reading them again cost a
 /// round trip in most batches of a submit run). Usually there is none to
