@@ -112,7 +112,9 @@ pub(super) async fn lock(tx: &mut Transaction<'_, Postgres>, r: Request<'_>) -> 
 /// The locking statement. `UNION ALL` runs its branches in order, and a
 /// `WITH` query runs when first read, so the locks are taken in the order
 /// of the branches. A new task goes in only into an active session of its
-/// own user (as `rules::may_insert` says; its session is locked above).
+/// own user (as `rules::may_insert` says; its session is locked above),
+/// its `first_seq` the seq after its session's last: its events come after
+/// (see migration 0007).
 const LOCK: &str = "WITH s AS (\
     SELECT session_id, user_id, state, last_seq FROM sessions \
     WHERE session_id = ANY($1) ORDER BY session_id FOR UPDATE\
@@ -121,9 +123,10 @@ const LOCK: &str = "WITH s AS (\
 ), ins AS (\
     INSERT INTO tasks (task_id, execution_uuid, session_id, user_id, agent_type, prompt, context, \
     params, state, result, error, metadata, idempotency_key, created_at, updated_at, execution_time, \
-    node_id, lease_until) \
+    node_id, lease_until, first_seq) \
     SELECT n.t, n.x, n.s, n.u, n.a, n.p, n.c::jsonb, n.pa::jsonb, n.st, n.r, n.e, n.m::jsonb, n.k, \
-    n.ca, n.ua, n.et, n.n, CASE WHEN n.n IS NULL THEN NULL ELSE now() + make_interval(secs => $4) END \
+    n.ca, n.ua, n.et, n.n, CASE WHEN n.n IS NULL THEN NULL ELSE now() + make_interval(secs => $4) END, \
+    s.last_seq + 1 \
     FROM UNNEST($5::uuid[], $6::uuid[], $7::uuid[], $8::text[], $9::text[], $10::text[], $11::text[], \
     $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::timestamptz[], \
     $19::timestamptz[], $20::float8[], $21::text[]) \

@@ -65,17 +65,20 @@ pub(super) struct TaskUpdates {
     pub error: Vec<Option<String>>,
     pub execution_time: Vec<Option<f64>>,
     pub updated_at: Vec<DateTime<Utc>>,
+    /// The seq of its last event, once it has ended.
+    pub last_seq: Vec<Option<i64>>,
 }
 
 impl TaskUpdates {
-    /// Fold `tr`, made at `at`, into the task's row (a later transition
-    /// wins; a value it leaves out keeps the earlier one).
+    /// Fold `tr`, made at `at` and stored as event `seq`, into the task's
+    /// row (a later transition wins; a value it leaves out keeps the
+    /// earlier one).
     fn fold(
         &mut self,
         rows: &mut HashMap<Uuid, usize>,
         task_id: Uuid,
         tr: &Transition,
-        at: DateTime<Utc>,
+        (at, seq): (DateTime<Utc>, i64),
     ) {
         let i = *rows.entry(task_id).or_insert_with(|| {
             self.task_id.push(task_id);
@@ -84,8 +87,12 @@ impl TaskUpdates {
             self.error.push(None);
             self.execution_time.push(None);
             self.updated_at.push(at);
+            self.last_seq.push(None);
             self.task_id.len() - 1
         });
+        if tr.to.is_terminal() {
+            self.last_seq[i] = Some(seq);
+        }
         self.state[i] = tr.to.as_str();
         self.updated_at[i] = at;
         if tr.result.is_some() {
@@ -202,8 +209,13 @@ pub(super) fn plan(
     for a in batch {
         let verdict = decide(&a, &mut locked, &mut inserted);
         let outcome = verdict.map(|()| {
+            let session = locked.sessions.get_mut(&a.session_id);
+            let seq = session.map_or(0, |s| {
+                s.last_seq += 1;
+                s.last_seq
+            });
             if let TaskChange::Transition(tr) = &a.change {
-                plan.tasks.fold(&mut task_rows, a.task_id, tr, a.at);
+                plan.tasks.fold(&mut task_rows, a.task_id, tr, (a.at, seq));
             }
             if let TaskChange::Insert(t) = &a.change {
                 let waits = t.state == TaskState::Pending && !claimed.contains(&t.task_id);
@@ -211,11 +223,6 @@ pub(super) fn plan(
                     plan.pending.push(t.agent_type.clone());
                 }
             }
-            let session = locked.sessions.get_mut(&a.session_id);
-            let seq = session.map_or(0, |s| {
-                s.last_seq += 1;
-                s.last_seq
-            });
             plan.stored(&mut session_rows, a, seq)
         });
         plan.outcomes.push(outcome);

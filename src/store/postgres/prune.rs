@@ -55,7 +55,8 @@ impl Retention for PostgresStore {
             "SELECT s.session_id, COALESCE( \
                (SELECT MIN(fe.seq) FROM tasks n \
                 CROSS JOIN LATERAL (SELECT e.seq FROM events e \
-                    WHERE e.task_id = n.task_id ORDER BY e.seq LIMIT 1) fe \
+                    WHERE e.session_id = n.session_id AND e.seq >= n.first_seq \
+                    AND e.task_id = n.task_id ORDER BY e.seq LIMIT 1) fe \
                 WHERE n.session_id = s.session_id \
                 AND NOT (n.state IN {TERMINAL} AND n.updated_at < $1)), \
                s.last_seq + 1) \
@@ -133,7 +134,8 @@ impl Retention for PostgresStore {
             "DELETE FROM tasks WHERE task_id IN ( \
                SELECT t.task_id FROM tasks t WHERE t.state IN {TERMINAL} \
                AND t.updated_at < $1 \
-               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = t.task_id) \
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = t.session_id \
+                   AND e.seq >= t.first_seq AND e.seq <= t.last_seq AND e.task_id = t.task_id) \
                LIMIT $2 FOR UPDATE SKIP LOCKED)"
         ))
         .bind(horizon)

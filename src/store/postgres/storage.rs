@@ -24,14 +24,15 @@ const TABLES: [(&str, &[&str]); 7] = [
 
 /// The oldest item of the kinds that have one. An event's is found
 /// through the oldest task that still has events (`tasks_by_time`, then
-/// `events_by_task`): `events` has no index on `at`, and a task's first
-/// event is written when it is created.
+/// its session's stream from the task's `first_seq`): `events` has no
+/// index on `at`, and a task's first event is written when it is created.
 const OLDEST: [(&str, &str); 4] = [
     (
         "events",
         "SELECT e.at FROM tasks t \
-         CROSS JOIN LATERAL (SELECT MIN(at) AS at FROM events WHERE task_id = t.task_id) e \
-         WHERE e.at IS NOT NULL ORDER BY t.created_at LIMIT 1",
+         CROSS JOIN LATERAL (SELECT at FROM events e WHERE e.session_id = t.session_id \
+             AND e.seq >= t.first_seq AND e.task_id = t.task_id ORDER BY e.seq LIMIT 1) e \
+         ORDER BY t.created_at LIMIT 1",
     ),
     ("tasks", "SELECT MIN(created_at) FROM tasks"),
     // No index on it, but sessions are few next to tasks and events.

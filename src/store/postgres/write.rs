@@ -68,6 +68,7 @@ pub(super) async fn write(tx: &mut Tx<'_>, plan: &Plan, audit: &[AuditRecord]) -
     bind_audit(q, audit)
         .bind(channels)
         .bind(notes)
+        .bind(&t.last_seq)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -131,8 +132,9 @@ const WRITE: &str = "WITH ev AS (\
 ), ta AS (\
     UPDATE tasks SET state = u.st, result = COALESCE(u.r, tasks.result), \
     error = COALESCE(u.e, tasks.error), execution_time = COALESCE(u.x, tasks.execution_time), \
-    updated_at = u.a FROM UNNEST($10::uuid[], $11::text[], $12::text[], $13::text[], \
-    $14::float8[], $15::timestamptz[]) AS u(t, st, r, e, x, a) WHERE task_id = u.t\
+    updated_at = u.a, last_seq = COALESCE(u.l, tasks.last_seq) FROM UNNEST($10::uuid[], \
+    $11::text[], $12::text[], $13::text[], $14::float8[], $15::timestamptz[], $31::int8[]) \
+    AS u(t, st, r, e, x, a, l) WHERE task_id = u.t\
 ), au AS (\
     INSERT INTO audit (seq, event_id, event_type, timestamp, user_id, session_id, resource_type, \
     resource_id, action, status, details, hash, prev_hash) \

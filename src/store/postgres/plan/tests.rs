@@ -118,6 +118,8 @@ fn batch_applies_in_order() {
     assert_eq!(plan.tasks.task_id, vec![a.task_id]);
     assert_eq!(plan.tasks.state, vec!["completed"]);
     assert_eq!(plan.tasks.result, vec![Some("done".to_owned())]);
+    // Its row keeps where its events end: the seq of its terminal event.
+    assert_eq!(plan.tasks.last_seq, vec![Some(11)]);
     assert_eq!(plan.pending, vec!["echo".to_owned()]);
 }
 
@@ -170,6 +172,7 @@ fn started_in_batch() {
     let plan = plan(batch, locked(&[(s1, "u", 0)]), &ids, &[a.task_id]);
     assert_eq!(plan.events.seq, vec![1, 2, 3, 4]);
     assert_eq!(plan.tasks.state, vec!["running"]);
+    assert_eq!(plan.tasks.last_seq, vec![None], "not ended: no last seq");
     assert_eq!(plan.pending, vec!["other".to_owned()]);
 }
 
