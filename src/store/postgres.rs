@@ -93,6 +93,9 @@ pub struct PostgresStore {
     claims: claims::Claims,
 }
 
+/// A pooled connection idle this long is pinged before it is used again.
+const PING_IDLE: Duration = Duration::from_secs(1);
+
 impl PostgresStore {
     /// Connect to `url` and migrate the database.
     pub async fn open(url: &str, bus: Arc<Bus>) -> Result<Self, anyhow::Error> {
@@ -103,6 +106,20 @@ impl PostgresStore {
             // Fail fast when the database is gone: callers answer
             // `unavailable` instead of hanging.
             .acquire_timeout(Duration::from_secs(3))
+            // A connection in steady use is known to work: ping only one
+            // that sat idle, instead of a round trip before every acquire
+            // (sqlx's default), which was on the committer's path once per
+            // batch. A connection that died in use fails its statement and
+            // leaves the pool; the caller answers `unavailable` or retries.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("src/store/migrations/postgres")
