@@ -12,6 +12,8 @@ mod audit;
 mod common;
 #[path = "store/projects.rs"]
 mod projects;
+#[path = "store/task_events.rs"]
+mod task_events;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -65,6 +67,7 @@ both!(
     one_batch_spans_tasks_and_sessions,
     seq_is_gapless_under_concurrent_appends,
     events_after_pages,
+    task_events_are_the_tasks_own,
     list_tasks_filters_and_cursor,
     audit_chain_appends_queries_and_verifies,
     audit_pages_by_every_key,
@@ -177,6 +180,7 @@ mod suite {
         project_task_numbers_unique_under_concurrency, project_tasks_number_follow_and_cascade,
         projects_round_trip_and_conflict,
     };
+    pub use super::task_events::task_events_are_the_tasks_own;
 
     use super::fixtures::*;
     use super::*;
