@@ -144,7 +144,7 @@ impl Writer {
                 return Ok(Applied::Refused(Rejected::NoSession));
             }
         }
-        let tid = match self.change(a)? {
+        let tid = match self.change(a, seq)? {
             Ok(tid) => tid,
             Err(rejected) => return Ok(Applied::Refused(rejected)),
         };
@@ -181,15 +181,16 @@ impl Writer {
         Ok(Applied::Event { seq, data })
     }
 
-    /// Apply the task side of an append; the task's row id, or why not.
-    fn change(&mut self, a: &Append) -> Result<Result<i64, Rejected>> {
+    /// Apply the task side of an append stored as event `seq`; the task's
+    /// row id, or why not.
+    fn change(&mut self, a: &Append, seq: i64) -> Result<Result<i64, Rejected>> {
         match &a.change {
             TaskChange::Insert(t) => {
                 let sid = self
                     .session(a.session_id)?
                     .map(|s| s.sid)
                     .unwrap_or_default();
-                let Some(tid) = self.insert_task(t, sid)? else {
+                let Some(tid) = self.insert_task(t, sid, seq)? else {
                     return Ok(Err(Rejected::Duplicate));
                 };
                 self.tasks.insert(
@@ -217,21 +218,23 @@ impl Writer {
                 task.state = next;
                 let tid = task.tid;
                 if let TaskChange::Transition(tr) = &a.change {
-                    self.store_transition(tid, tr, a)?;
+                    self.store_transition(tid, tr, a, seq)?;
                 }
                 Ok(Ok(tid))
             }
         }
     }
 
-    /// Write a transition that applied to the task row `tid`; a task that
-    /// ends leaves memory and its owner's count.
-    fn store_transition(&mut self, tid: i64, tr: &Transition, a: &Append) -> Result<()> {
+    /// Write a transition, stored as event `seq`, that applied to the task
+    /// row `tid`; a task that ends keeps that seq as its last event's
+    /// (migration 0008), and leaves memory and its owner's count.
+    fn store_transition(&mut self, tid: i64, tr: &Transition, a: &Append, seq: i64) -> Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE task_state SET state = ?, updated_at = ?, \
                  result = COALESCE(?, result), error = COALESCE(?, error), \
-                 execution_time = COALESCE(?, execution_time) WHERE tid = ?",
+                 execution_time = COALESCE(?, execution_time), \
+                 last_seq = COALESCE(?, last_seq) WHERE tid = ?",
             )?
             .execute(rusqlite::params![
                 tr.to.as_str(),
@@ -239,6 +242,7 @@ impl Writer {
                 tr.result,
                 tr.error,
                 tr.execution_time,
+                tr.to.is_terminal().then_some(seq),
                 tid,
             ])?;
         if tr.to.is_terminal() {

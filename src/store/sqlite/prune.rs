@@ -118,7 +118,8 @@ impl Retention for SqliteStore {
                 let sql = format!(
                     "SELECT st.tid FROM task_state st WHERE st.state IN {TERMINAL} \
                      AND st.updated_at < ? \
-                     AND NOT EXISTS (SELECT 1 FROM events e WHERE e.tid = st.tid) LIMIT ?"
+                     AND NOT EXISTS ({HAS_EVENTS} WHERE t.tid = st.tid \
+                         AND e.seq <= st.last_seq) LIMIT ?"
                 );
                 let mut stmt = c.prepare_cached(&sql)?;
                 let rows = stmt.query_map(params![h, max], |r| r.get(0))?;
@@ -133,7 +134,8 @@ impl Retention for SqliteStore {
             // Checked again by key: the plan was read a moment ago.
             let sql = format!(
                 "DELETE FROM task_state WHERE tid = ? AND state IN {TERMINAL} AND updated_at < ? \
-                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.tid = task_state.tid)"
+                 AND NOT EXISTS ({HAS_EVENTS} WHERE t.tid = task_state.tid \
+                     AND e.seq <= task_state.last_seq)"
             );
             let mut removed = 0;
             for tid in tids {
@@ -285,6 +287,12 @@ impl Retention for SqliteStore {
     }
 }
 
+/// Whether a task (`t`, joined by the caller's `WHERE`) still has events:
+/// its session's stream from its `first_seq` (migration 0008); the caller
+/// bounds it above by the task's `last_seq`.
+const HAS_EVENTS: &str = "SELECT 1 FROM tasks t CROSS JOIN events e \
+    ON e.sid = t.sid AND e.seq >= t.first_seq AND e.tid = t.tid";
+
 /// Streams whose oldest stored event belongs to a task that ended before
 /// `horizon`: `(session_id, sid, that task's tid)`.
 ///
@@ -318,12 +326,12 @@ fn heads(c: &rusqlite::Connection, horizon: &str, limit: i64) -> Result<Vec<(Uui
 /// older than `first_tid` (the task of the oldest stored event) started
 /// before everything stored, so they have no event left to hold the cut.
 fn cut_of(c: &rusqlite::Connection, sid: i64, first_tid: i64, horizon: &str) -> Result<i64> {
-    // A task's first event is its lowest row id among its events (rows
-    // are appended in seq order), found in the `events_by_task` index.
+    // A task's first stored event: its session's stream from the task's
+    // `first_seq` on (migration 0008).
     let sql = format!(
         "SELECT COALESCE( \
-           (SELECT MIN((SELECT e.seq FROM events e WHERE e.id = \
-                        (SELECT MIN(x.id) FROM events x WHERE x.tid = t.tid))) \
+           (SELECT MIN((SELECT e.seq FROM events e WHERE e.sid = t.sid \
+                        AND e.seq >= t.first_seq AND e.tid = t.tid ORDER BY e.seq LIMIT 1)) \
             FROM tasks t JOIN task_state st ON st.tid = t.tid \
             WHERE t.sid = ?1 AND t.tid >= ?2 \
             AND NOT (st.state IN {TERMINAL} AND st.updated_at < ?3)), \

@@ -285,8 +285,14 @@ impl Store for SqliteStore {
 
     async fn task_events(&self, task_id: Uuid) -> Result<Vec<StoredEvent>> {
         let id = task_id.to_string();
+        // Through its session's stream (`events_by_stream`), between the
+        // bounds its rows keep (migration 0008).
         let sql = format!(
-            "{EVENT} WHERE e.tid = (SELECT tid FROM tasks WHERE task_id = ?) ORDER BY e.seq"
+            "{EVENT} WHERE e.sid = (SELECT sid FROM tasks WHERE task_id = ?1) \
+             AND e.seq >= (SELECT first_seq FROM tasks WHERE task_id = ?1) \
+             AND e.seq <= COALESCE((SELECT st.last_seq FROM tasks k \
+                 JOIN task_state st ON st.tid = k.tid WHERE k.task_id = ?1), 9223372036854775807) \
+             AND e.tid = (SELECT tid FROM tasks WHERE task_id = ?1) ORDER BY e.seq"
         );
         self.read(move |c| all(c, &sql, [id], rows::event)).await
     }

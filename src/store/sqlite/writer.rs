@@ -354,17 +354,23 @@ impl Writer {
     }
 
     /// A new task's rows; `None` when its id or idempotency key is taken.
-    pub(super) fn insert_task(&mut self, t: &Task, sid: i64) -> Result<Option<i64>> {
+    pub(super) fn insert_task(
+        &mut self,
+        t: &Task,
+        sid: i64,
+        first_seq: i64,
+    ) -> Result<Option<i64>> {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO tasks (task_id, sid, user_id, agent_type, idempotency_key, \
+                "INSERT INTO tasks (task_id, sid, first_seq, user_id, agent_type, idempotency_key, \
                  created_at, execution_uuid, metadata, context, params, prompt) \
-                 VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             )?
             .execute(rusqlite::params![
                 t.task_id.to_string(),
                 sid,
+                first_seq,
                 t.user_id,
                 t.agent_type,
                 t.idempotency_key,
