@@ -20,6 +20,23 @@
 //! [`users`] (users, tokens), [`sessions`] (sessions, devices, nonces),
 //! [`tasks`] (reading tasks and events), [`audit`] (the audit log).
 
+/// The SQL condition that an event `e` is one of task `$t`'s: in its
+/// session's stream from the task's `first_seq` on (migration 0007: events
+/// have no index by task). Callers add the upper bound they need.
+macro_rules! events_of {
+    ($t:literal) => {
+        concat!(
+            "e.session_id = ",
+            $t,
+            ".session_id AND e.seq >= ",
+            $t,
+            ".first_seq AND e.task_id = ",
+            $t,
+            ".task_id"
+        )
+    };
+}
+
 mod append;
 mod audit;
 mod claims;

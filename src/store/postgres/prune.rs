@@ -51,12 +51,12 @@ impl Retention for PostgresStore {
         // first event belongs to a task that ended before the horizon, and
         // for each the first event of its tasks that have not, else past
         // its last seq.
+        let of_n = events_of!("n");
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
             "SELECT s.session_id, COALESCE( \
                (SELECT MIN(fe.seq) FROM tasks n \
                 CROSS JOIN LATERAL (SELECT e.seq FROM events e \
-                    WHERE e.session_id = n.session_id AND e.seq >= n.first_seq \
-                    AND e.task_id = n.task_id ORDER BY e.seq LIMIT 1) fe \
+                    WHERE {of_n} ORDER BY e.seq LIMIT 1) fe \
                 WHERE n.session_id = s.session_id \
                 AND NOT (n.state IN {TERMINAL} AND n.updated_at < $1)), \
                s.last_seq + 1) \
@@ -130,12 +130,12 @@ impl Retention for PostgresStore {
     }
 
     async fn prune_tasks(&self, horizon: DateTime<Utc>, max: i64) -> Result<u64> {
+        let of_t = events_of!("t");
         let n = sqlx::query(&format!(
             "DELETE FROM tasks WHERE task_id IN ( \
                SELECT t.task_id FROM tasks t WHERE t.state IN {TERMINAL} \
                AND t.updated_at < $1 \
-               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = t.session_id \
-                   AND e.seq >= t.first_seq AND e.seq <= t.last_seq AND e.task_id = t.task_id) \
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE {of_t} AND e.seq <= t.last_seq) \
                LIMIT $2 FOR UPDATE SKIP LOCKED)"
         ))
         .bind(horizon)

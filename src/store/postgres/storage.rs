@@ -29,10 +29,11 @@ const TABLES: [(&str, &[&str]); 7] = [
 const OLDEST: [(&str, &str); 4] = [
     (
         "events",
-        "SELECT e.at FROM tasks t \
-         CROSS JOIN LATERAL (SELECT at FROM events e WHERE e.session_id = t.session_id \
-             AND e.seq >= t.first_seq AND e.task_id = t.task_id ORDER BY e.seq LIMIT 1) e \
-         ORDER BY t.created_at LIMIT 1",
+        concat!(
+            "SELECT e.at FROM tasks t CROSS JOIN LATERAL (SELECT at FROM events e WHERE ",
+            events_of!("t"),
+            " ORDER BY e.seq LIMIT 1) e ORDER BY t.created_at LIMIT 1"
+        ),
     ),
     ("tasks", "SELECT MIN(created_at) FROM tasks"),
     // No index on it, but sessions are few next to tasks and events.

@@ -69,11 +69,12 @@ impl PostgresStore {
     pub(super) async fn task_events(&self, task_id: Uuid) -> Result<Vec<StoredEvent>> {
         // Through its session's stream, between the bounds its row keeps
         // (migration 0007): a range of the primary key.
-        sqlx::query(
-            "SELECT e.* FROM tasks t JOIN events e ON e.session_id = t.session_id \
-             AND e.seq >= t.first_seq AND e.seq <= COALESCE(t.last_seq, 9223372036854775807) \
-             AND e.task_id = t.task_id WHERE t.task_id = $1 ORDER BY e.seq",
-        )
+        sqlx::query(concat!(
+            "SELECT e.* FROM tasks t JOIN events e ON ",
+            events_of!("t"),
+            " AND e.seq <= COALESCE(t.last_seq, 9223372036854775807) \
+             WHERE t.task_id = $1 ORDER BY e.seq",
+        ))
         .bind(task_id)
         .fetch_all(&self.pool)
         .await?

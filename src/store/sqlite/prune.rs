@@ -287,11 +287,21 @@ impl Retention for SqliteStore {
     }
 }
 
-/// Whether a task (`t`, joined by the caller's `WHERE`) still has events:
-/// its session's stream from its `first_seq` (migration 0008); the caller
-/// bounds it above by the task's `last_seq`.
-const HAS_EVENTS: &str = "SELECT 1 FROM tasks t CROSS JOIN events e \
-    ON e.sid = t.sid AND e.seq >= t.first_seq AND e.tid = t.tid";
+/// The condition that an event `e` is one of task `t`'s: in its session's
+/// stream from its `first_seq` on (migration 0008: events have no index by
+/// task). Callers add the upper bound they need.
+macro_rules! events_of_t {
+    () => {
+        "e.sid = t.sid AND e.seq >= t.first_seq AND e.tid = t.tid"
+    };
+}
+
+/// Whether a task (`t`, joined by the caller's `WHERE`) still has events;
+/// the caller bounds them above by the task's `last_seq`.
+const HAS_EVENTS: &str = concat!(
+    "SELECT 1 FROM tasks t CROSS JOIN events e ON ",
+    events_of_t!()
+);
 
 /// Streams whose oldest stored event belongs to a task that ended before
 /// `horizon`: `(session_id, sid, that task's tid)`.
@@ -328,10 +338,10 @@ fn heads(c: &rusqlite::Connection, horizon: &str, limit: i64) -> Result<Vec<(Uui
 fn cut_of(c: &rusqlite::Connection, sid: i64, first_tid: i64, horizon: &str) -> Result<i64> {
     // A task's first stored event: its session's stream from the task's
     // `first_seq` on (migration 0008).
+    let of_t = events_of_t!();
     let sql = format!(
         "SELECT COALESCE( \
-           (SELECT MIN((SELECT e.seq FROM events e WHERE e.sid = t.sid \
-                        AND e.seq >= t.first_seq AND e.tid = t.tid ORDER BY e.seq LIMIT 1)) \
+           (SELECT MIN((SELECT e.seq FROM events e WHERE {of_t} ORDER BY e.seq LIMIT 1)) \
             FROM tasks t JOIN task_state st ON st.tid = t.tid \
             WHERE t.sid = ?1 AND t.tid >= ?2 \
             AND NOT (st.state IN {TERMINAL} AND st.updated_at < ?3)), \
