@@ -23,9 +23,24 @@ use std::time::{Duration, Instant};
 /// system allocator: without it, collecting does nothing).
 static COLLECT: OnceLock<fn()> = OnceLock::new();
 
-/// Install the allocator's collection (once; later calls are ignored).
-pub fn install(collect: fn()) {
+/// The C library's trim of its heap (where SQLite's page caches live),
+/// installed by the binary like [`COLLECT`].
+static TRIM: OnceLock<fn()> = OnceLock::new();
+
+/// Install the allocator's collection and the C heap's trim (once; later
+/// calls are ignored).
+pub fn install(collect: fn(), trim: fn()) {
     let _ = COLLECT.set(collect);
+    let _ = TRIM.set(trim);
+}
+
+/// Give the C heap's free pages back to the OS (every thread's arena).
+/// Costs a walk of that heap: for a thread that has just gone idle, not
+/// for a hot path.
+pub fn trim_c_heap() {
+    if let Some(trim) = TRIM.get() {
+        trim();
+    }
 }
 
 /// How often one thread collects at most.

@@ -314,12 +314,22 @@ fn collect_heap() {
     unsafe { libmimalloc_sys::mi_collect(false) }
 }
 
+/// glibc's trim of every malloc arena: SQLite allocates its page caches
+/// there, and a freed cache stays in the arena until trimmed.
+fn trim_c_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: takes no pointers; glibc locks each arena while it trims it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Serve(_)) {
         tune_allocator();
     }
-    switchboard::alloc::install(collect_heap);
+    switchboard::alloc::install(collect_heap, trim_c_heap);
     let single = matches!(&cli.command, Command::Serve(args) if args.event_loop);
     switchboard::store::sqlite::commit_inline(single);
     let mut builder = if single {

@@ -68,6 +68,7 @@ both!(
     seq_is_gapless_under_concurrent_appends,
     events_after_pages,
     task_events_are_the_tasks_own,
+    writes_go_on_after_an_idle_spell,
     list_tasks_filters_and_cursor,
     audit_chain_appends_queries_and_verifies,
     audit_pages_by_every_key,
@@ -180,7 +181,7 @@ mod suite {
         project_task_numbers_unique_under_concurrency, project_tasks_number_follow_and_cascade,
         projects_round_trip_and_conflict,
     };
-    pub use super::task_events::task_events_are_the_tasks_own;
+    pub use super::task_events::{task_events_are_the_tasks_own, writes_go_on_after_an_idle_spell};
 
     use super::fixtures::*;
     use super::*;

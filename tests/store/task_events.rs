@@ -76,3 +76,27 @@ pub async fn task_events_are_the_tasks_own(store: Arc<dyn Store>) {
             .is_empty()
     );
 }
+
+/// A store left idle long enough for its writer to give its cache back
+/// (SQLite: `store/sqlite/rest.rs`) goes on where it stopped: the next
+/// event of a running task takes the next seq, a new session and task are
+/// stored, and the task's events read back whole.
+pub async fn writes_go_on_after_an_idle_spell(store: Arc<dyn Store>) {
+    user(&store, "u").await;
+    let s = session(&store, "u").await;
+    let a = task(&s, "echo", None);
+    one(&store, insert(&a)).await.unwrap();
+    one(
+        &store,
+        transition(&a, TaskState::Pending, TaskState::Running),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let next = one(&store, output(&a, "after the rest")).await.unwrap();
+    assert_eq!(next.seq, 3);
+    let other = session(&store, "u").await;
+    let b = task(&other, "echo", None);
+    assert_eq!(one(&store, insert(&b)).await.unwrap().seq, 1);
+    assert_eq!(seqs(&store, a.task_id).await, vec![1, 2, 3]);
+}

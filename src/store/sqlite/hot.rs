@@ -90,7 +90,7 @@ impl Writer {
                 self.audit(records.clone())?;
                 Ok(Applied::Done(Ok(())))
             }
-            Job::Write(_) | Job::Flush(_) | Job::Close(_) | Job::Appends(_) => {
+            Job::Write(_) | Job::Flush(_) | Job::Close(_) | Job::Appends(_) | Job::Rest => {
                 Err(Error::internal("not a hot job"))
             }
         }
@@ -313,5 +313,6 @@ fn fail(job: Job, e: Error) {
         Job::Flush(done) | Job::Close(done) => {
             let _ = done.send(());
         }
+        Job::Rest => {}
     }
 }

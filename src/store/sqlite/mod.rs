@@ -19,6 +19,7 @@ mod projects;
 mod prune;
 pub(crate) use prune::usable_checkpoint;
 mod read;
+mod rest;
 pub(crate) mod rows;
 mod sessions;
 mod storage;
@@ -92,6 +93,7 @@ impl SqliteStore {
         load_active(&conn, &active)?;
         let (jobs, rx) = mpsc::channel(QUEUE);
         let writer = Writer::new(conn, bus, active.clone());
+        rest::watch(&jobs, writer.served.clone());
         if inline_writer() {
             tracing::info!("SQLite commits run on the event loop's thread");
             tokio::spawn(writer.run_inline(rx));

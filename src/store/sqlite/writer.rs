@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use rusqlite::Connection;
@@ -43,6 +44,8 @@ pub enum Job {
     Write(WriteFn),
     /// Answer once everything queued before it is committed (shutdown).
     Flush(oneshot::Sender<()>),
+    /// The queue has been idle: give memory back (see [`Writer::rest`]).
+    Rest,
     /// Commit what came before, close the database and end the thread;
     /// answer once it is closed.
     Close(oneshot::Sender<()>),
@@ -96,11 +99,14 @@ pub struct Writer {
     pub(super) mark: super::audit_keys::Mark,
     /// Audit records of the open transaction, published after its commit.
     pub(super) audit_out: Vec<AuditRecord>,
+    /// Batches served, counted for [`super::rest`]'s watch.
+    pub(super) served: Arc<AtomicU64>,
 }
 
 impl Writer {
     pub(super) fn new(conn: Connection, bus: Arc<Bus>, active: Arc<DashMap<String, i64>>) -> Self {
         Writer {
+            served: Arc::new(AtomicU64::new(0)),
             conn,
             bus,
             sessions: Default::default(),
@@ -125,6 +131,7 @@ impl Writer {
             let Some(first) = rx.blocking_recv() else {
                 return;
             };
+            self.count(&first);
             jobs.push(first);
             drain(&mut rx, &mut jobs);
             if jobs.len() < 16 {
@@ -159,6 +166,7 @@ impl Writer {
             let Some(first) = rx.recv().await else {
                 return;
             };
+            self.count(&first);
             jobs.push(first);
             // Let every task that is ready run first: what they queue joins
             // this commit.
@@ -190,6 +198,10 @@ impl Writer {
                     self.hot_batch(hot);
                     let _ = done.send(());
                 }
+                Job::Rest => {
+                    self.hot_batch(hot);
+                    self.rest();
+                }
                 Job::Close(done) => {
                     self.hot_batch(hot);
                     return Some(done);
@@ -202,6 +214,13 @@ impl Writer {
         }
         self.hot_batch(hot);
         None
+    }
+
+    /// Count a batch that starts with `first`, unless it is a rest.
+    fn count(&self, first: &Job) {
+        if !matches!(first, Job::Rest) {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Run one cold write in its own transaction.
