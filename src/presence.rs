@@ -129,6 +129,8 @@ impl Presence {
                     idx.by_user.remove(user);
                 }
             }
+            shrink_when_sparse(&mut idx.by_id);
+            shrink_when_sparse(&mut idx.by_user);
         }
         metrics::gauge!("switchboard_connections").set(idx.by_id.len() as f64);
     }
@@ -245,6 +247,14 @@ impl Presence {
     }
 }
 
+/// Give back what a burst of connections grew `map` to once it is down to
+/// an eighth of that (halving then leaves room to grow again).
+fn shrink_when_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 8 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,6 +311,37 @@ mod tests {
         p.unregister(b);
         p.check_invariants();
         assert_eq!(p.count(), 0);
+    }
+
+    /// A burst of connections that went away leaves small indices behind,
+    /// and the ones still open are all there.
+    #[test]
+    fn indices_shrink_after_a_burst() {
+        let p = Presence::new();
+        let inbox = Arc::new(Inbox::new(4));
+        let ids: Vec<u64> = (0..3000)
+            .map(|i| {
+                p.register(
+                    principal(&format!("u{}", i % 300)),
+                    Uuid::new_v4(),
+                    Utc::now(),
+                    inbox.clone(),
+                )
+            })
+            .collect();
+        let grown = p.lock().by_id.capacity();
+        for id in &ids[10..] {
+            p.unregister(*id);
+        }
+        p.check_invariants();
+        assert_eq!(p.count(), 10);
+        let idx = p.lock();
+        assert!(
+            idx.by_id.capacity() <= 64,
+            "{} of {grown}",
+            idx.by_id.capacity()
+        );
+        assert!(idx.by_user.capacity() <= 64, "{}", idx.by_user.capacity());
     }
 
     /// A role change reaches open connections.

@@ -50,8 +50,11 @@ pub(super) fn watch(jobs: &mpsc::Sender<Job>, served: Arc<AtomicU64>) {
 }
 
 impl Writer {
-    /// Drop the page cache and trim the C heap it lived in.
+    /// Drop the page cache and trim the C heap it lived in; the buffers a
+    /// burst grew go too (the batch's, in [`Writer::run`]).
     pub(super) fn rest(&mut self) {
+        self.audit_out = Vec::new();
+        self.tasks.shrink_to_fit();
         if let Err(e) = self.conn.execute_batch("PRAGMA shrink_memory") {
             tracing::warn!(error = %e, "could not release the writer's page cache");
         }

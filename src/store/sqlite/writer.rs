@@ -121,8 +121,7 @@ impl Writer {
     /// Serve jobs on a thread of its own until every sender is gone (the
     /// store and its event writers were dropped).
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        let mut hot = Vec::with_capacity(MAX_BATCH);
+        let (mut jobs, mut hot) = (Vec::new(), Vec::new());
         loop {
             if rx.is_empty() {
                 self.sessions.age();
@@ -131,7 +130,7 @@ impl Writer {
             let Some(first) = rx.blocking_recv() else {
                 return;
             };
-            self.count(&first);
+            let resting = self.count(&first);
             jobs.push(first);
             drain(&mut rx, &mut jobs);
             if jobs.len() < 16 {
@@ -147,6 +146,11 @@ impl Writer {
                 let _ = closed.send(());
                 return;
             }
+            if resting {
+                // what a burst grew them to (a batch of a few thousand
+                // jobs is a few MB) goes with the cache
+                (jobs, hot) = (Vec::new(), Vec::new());
+            }
         }
     }
 
@@ -157,8 +161,7 @@ impl Writer {
     /// threads; while the commit runs, sockets fill and the next tick takes
     /// what came in all at once.
     pub(super) async fn run_inline(mut self, mut rx: mpsc::Receiver<Job>) {
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        let mut hot = Vec::with_capacity(MAX_BATCH);
+        let (mut jobs, mut hot) = (Vec::new(), Vec::new());
         loop {
             if rx.is_empty() {
                 self.sessions.age();
@@ -166,7 +169,7 @@ impl Writer {
             let Some(first) = rx.recv().await else {
                 return;
             };
-            self.count(&first);
+            let resting = self.count(&first);
             jobs.push(first);
             // Let every task that is ready run first: what they queue joins
             // this commit.
@@ -176,6 +179,11 @@ impl Writer {
                 drop(self);
                 let _ = closed.send(());
                 return;
+            }
+            if resting {
+                // what a burst grew them to (a batch of a few thousand
+                // jobs is a few MB) goes with the cache
+                (jobs, hot) = (Vec::new(), Vec::new());
             }
         }
     }
@@ -216,11 +224,14 @@ impl Writer {
         None
     }
 
-    /// Count a batch that starts with `first`, unless it is a rest.
-    fn count(&self, first: &Job) {
-        if !matches!(first, Job::Rest) {
+    /// Count a batch that starts with `first`, unless it is a rest; says
+    /// whether it is.
+    fn count(&self, first: &Job) -> bool {
+        let resting = matches!(first, Job::Rest);
+        if !resting {
             self.served.fetch_add(1, Ordering::Relaxed);
         }
+        resting
     }
 
     /// Run one cold write in its own transaction.
