@@ -56,6 +56,14 @@ pub enum Job {
 pub type WriteFn =
     Box<dyn FnOnce(&mut Writer) -> (bool, Box<dyn FnOnce(Result<()>) + Send>) + Send>;
 
+/// After a rest, the batch buffers go with the cache: what a burst grew
+/// them to (a batch of a few thousand jobs is a few MB).
+fn forget_buffers(resting: bool, jobs: &mut Vec<Job>, hot: &mut Vec<Job>) {
+    if resting {
+        (*jobs, *hot) = (Vec::new(), Vec::new());
+    }
+}
+
 /// Move whatever is queued into `jobs`, up to [`MAX_BATCH`].
 fn drain(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
     while jobs.len() < MAX_BATCH {
@@ -146,11 +154,7 @@ impl Writer {
                 let _ = closed.send(());
                 return;
             }
-            if resting {
-                // what a burst grew them to (a batch of a few thousand
-                // jobs is a few MB) goes with the cache
-                (jobs, hot) = (Vec::new(), Vec::new());
-            }
+            forget_buffers(resting, &mut jobs, &mut hot);
         }
     }
 
@@ -180,11 +184,7 @@ impl Writer {
                 let _ = closed.send(());
                 return;
             }
-            if resting {
-                // what a burst grew them to (a batch of a few thousand
-                // jobs is a few MB) goes with the cache
-                (jobs, hot) = (Vec::new(), Vec::new());
-            }
+            forget_buffers(resting, &mut jobs, &mut hot);
         }
     }
 
